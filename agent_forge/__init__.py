@@ -1,1 +1,13 @@
+"""Literate research workbench that turns small language models into compressed, specialised agents
+
+Modules:
+
+- `agent_forge.evomerge`: Evolutionary search over merge recipes: a genetic algorithm over method and parameters, and CMA-ES over per-layer weights and densities; fitness measured on held-out data, cached by recipe hash, resumable.
+- `agent_forge.merge`: Model-merging operators on state dicts (linear, SLERP, task arithmetic, TIES, DARE, Breadcrumbs, passthrough) and data-flow-space layer routing (DFS), each registered by name with its paper.
+- `agent_forge.mergekit_config`: Read mergekit's YAML merge configs and run them on local Hugging Face checkpoints with `agent_forge.merge`, writing a Hugging Face checkpoint."""
+
 __version__ = "0.1.0"
+
+# Importing the package registers Cognate with transformers' Auto classes, so that
+# `AutoModelForCausalLM.from_pretrained(dir)` loads a saved Agent Forge model.
+from agent_forge import cognate as _cognate  # noqa: E402,F401

@@ -1,0 +1,73 @@
+"""Shared fixtures: a throwaway project with fake phase notebooks, and a tiny Llama model artifact."""
+import json, os, sys, textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+HEAD = 'run_id = "nbval-smoke"\nrun_dir = ""\npreset = "tiny"\nseed = 0\n'
+COMMON = textwrap.dedent('''
+    import json, os
+    from pathlib import Path
+    from agent_forge.registry import Registry
+    from agent_forge.core import GateError
+    reg = Registry.open(run_dir); reg.ensure_run(run_id, preset, seed)
+    with open(Path(run_dir)/"calls.txt", "a") as f: f.write(f"{PHASE}\\n")
+    (Path(run_dir)/f"env_{PHASE}.json").write_text(json.dumps(dict(cwd=os.getcwd(), wandb_dir=os.environ.get("WANDB_DIR"),
+        wandb_mode=os.environ.get("WANDB_MODE"), seed=seed, preset=preset, run_dir=run_dir)))
+    def make(name, text):
+        d = Path(run_dir)/"artifacts"/name; d.mkdir(parents=True, exist_ok=True); (d/"data.txt").write_text(text)
+        return reg.register_artifact(run_id, PHASE, name, d, kind="data")''')
+
+# phase -> (file name, extra parameters, body). Phase 2 has a gate; phase 4 can crash.
+PHASES = {
+    1: ("01_make.ipynb", "value = 1\n", 'make("one", str(value)); reg.log_metrics(run_id, 1, {"value": value})'),
+    2: ("02_check.ipynb", "threshold = 0.5\n",
+        'reg.verify_artifact(reg.find_artifact(run_id, 1, "one"))\nmake("two", "2")\nreg.log_metrics(run_id, 2, {"score": 1.0})\n'
+        'if threshold > 1: raise GateError(f"score 1.0 < threshold {threshold}")'),
+    4: ("04_last.ipynb", "crash = False\n",
+        'reg.verify_artifact(reg.find_artifact(run_id, 2, "two")); make("four", "4")\n'
+        'if crash: raise RuntimeError("boom after registering four")'),
+}
+
+def write_fake_pipelines(root: Path) -> Path:
+    "Write fake phase notebooks 1, 2 and 4 under root/pipelines (phase 3 deliberately missing)."
+    (root/"pipelines").mkdir(parents=True, exist_ok=True)
+    for n, (fname, extra, body) in PHASES.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "agent-forge", "display_name": "agent-forge", "language": "python"}
+        p = nbformat.v4.new_code_cell(HEAD + extra); p.metadata["tags"] = ["parameters"]
+        nb.cells = [p, nbformat.v4.new_code_cell(COMMON.replace("PHASE", str(n)) + "\n" + body)]
+        nbformat.write(nb, root/"pipelines"/fname)
+    return root
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    "A fake Agent Forge project: AGENT_FORGE_HOME points at it; runs go to its runs/ folder."
+    root = write_fake_pipelines(tmp_path/"proj")
+    monkeypatch.setenv("AGENT_FORGE_HOME", str(root))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return root
+
+def calls(root: Path, run_id: str) -> list:
+    "Phase numbers executed in a run, in order."
+    f = root/"runs"/run_id/"calls.txt"
+    return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+def tiny_tokenizer():
+    "A word-level tokenizer built in code (no downloads)."
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    t = Tokenizer(models.WordLevel(unk_token="<unk>")); t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.train_from_iterator(["the cat sat on the mat", "a dog ran far", "1 + 2 = 3"],
+                          trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", bos_token="<eos>")
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    "A LlamaForCausalLM with hidden size 32 and 2 layers."
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=2, pad_token_id=1, bos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()

@@ -1,0 +1,132 @@
+"Heavier checks of agent_forge.bitnet across modules: Cognate conversion, packed kernels, damaged files, the registry."
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from agent_forge.bitnet import (PACKED_FILE, BitLinear, TernaryLinear, convert_to_bitnet, load_bitnet_artifact, load_packed,
+                                logits_match, pack_ternary, qat_train, quantize_weights, save_packed, ternary_stats, unpack_ternary)
+from agent_forge.cognate import CognateConfig, CognateForCausalLM
+from agent_forge.core import IntegrityError
+from agent_forge.registry import Registry
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_cognate(seed=0):
+    torch.manual_seed(seed)
+    return CognateForCausalLM(CognateConfig.from_preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def cognate_qat():
+    "A tiny Cognate converted to BitNet and trained a few QAT steps (weights no longer the float ones)."
+    m = tiny_cognate()
+    ids = torch.randint(0, m.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    convert_to_bitnet(m, calib_ids=ids)
+    qat_train(m, lambda s: ids, steps=3, lr=3e-3, optimizer="adamw")
+    return m.eval(), ids
+
+
+def test_pack_roundtrip_random_shapes():
+    rng = random.Random(0)
+    for _ in range(200):
+        shape = tuple(rng.randint(1, 9) for _ in range(rng.randint(1, 3)))
+        t = torch.randint(-1, 2, shape, dtype=torch.int8)
+        p = pack_ternary(t)
+        assert p.dtype == torch.uint8 and p.numel() == (t.numel() + 3) // 4
+        assert torch.equal(unpack_ternary(p, shape), t)
+
+
+def test_any_code3_is_refused():
+    t = torch.randint(-1, 2, (7, 5), dtype=torch.int8)
+    p = pack_ternary(t)
+    for byte in range(p.numel()):
+        for slot in range(4):
+            if byte * 4 + slot >= t.numel(): continue
+            q = p.clone(); q[byte] |= 3 << (2 * slot)
+            with pytest.raises(IntegrityError, match="code 3"): unpack_ternary(q, t.shape)
+
+
+def test_zero_fraction_near_a_third_on_gaussian():
+    assert 0.29 < (quantize_weights(torch.randn(512, 512))[0] == 0).float().mean().item() < 0.33
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_converted_cognate_is_causal(mode):
+    m = tiny_cognate(1)
+    ids = torch.randint(0, m.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    names = convert_to_bitnet(m, calib_ids=ids)
+    assert any(".memory." in n for n in names) and any(n.startswith("recursion.mlp") for n in names)
+    assert type(m.lm_head) is torch.nn.Linear and m.lm_head.weight is m.model.embed_tokens.weight
+    getattr(m, mode)()
+    for j in (1, 17, 39):
+        b = ids.clone(); b[:, j] = (b[:, j] + 1) % m.config.vocab_size
+        with torch.no_grad(): la, lb = m(input_ids=ids).logits, m(input_ids=b).logits
+        assert torch.equal(la[:, :j], lb[:, :j]), f"position < {j} changed"
+        assert not torch.equal(la[:, j:], lb[:, j:])
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "packed"])
+def test_cognate_packed_logits_equal_qat(cognate_qat, kernel, tmp_path):
+    m, ids = cognate_qat
+    save_packed(m, None, tmp_path)
+    pm, _ = load_packed(tmp_path, kernel=kernel)
+    for n, mod in pm.named_modules():
+        if isinstance(mod, TernaryLinear):
+            w_q, gamma = quantize_weights(m.get_submodule(n).weight)
+            assert torch.equal(mod.ternary_weight(), w_q) and torch.equal(mod.weight_scale, gamma)
+    with torch.no_grad(): a, b = pm(input_ids=ids).logits, m(input_ids=ids).logits
+    ok, dmax = logits_match(a, b)
+    assert ok and dmax == 0.0
+    assert ternary_stats(pm) == ternary_stats(m)
+
+
+def test_damaged_files_never_load_different_weights(cognate_qat, tmp_path):
+    "Truncations and random byte flips anywhere either raise IntegrityError or give back the identical model."
+    m, ids = cognate_qat
+    save_packed(m, None, tmp_path)
+    f = tmp_path/PACKED_FILE
+    raw = f.read_bytes()
+    with torch.no_grad(): ref = m(input_ids=ids).logits
+    hlen = int.from_bytes(raw[:8], "little") + 8
+    rng = random.Random(0)
+    cases = [("trunc", n) for n in (0, 4, 8, hlen - 1, hlen, hlen + 10, len(raw) // 2, len(raw) - 1)]
+    cases += [("flip", rng.randrange(hlen)) for _ in range(40)] + [("flip", rng.randrange(hlen, len(raw))) for _ in range(20)]
+    errors = 0
+    for kind, pos in cases:
+        data = raw[:pos] if kind == "trunc" else raw[:pos] + bytes([raw[pos] ^ rng.randrange(1, 256)]) + raw[pos + 1:]
+        f.write_bytes(data)
+        try: pm, _ = load_packed(tmp_path)
+        except IntegrityError: errors += 1; continue
+        with torch.no_grad(): assert torch.equal(pm(input_ids=ids).logits, ref), f"{kind} at {pos} loaded a different model"
+    assert errors >= len(cases) - 3  # only a flip inside the header's whitespace padding may be harmless
+
+
+def test_registry_refuses_tampered_artifact(cognate_qat, tmp_path):
+    m, ids = cognate_qat
+    reg = Registry.open(tmp_path); reg.ensure_run("r", "tiny", 0, None)
+    save_packed(m, None, tmp_path/"bitnet")
+    aid = reg.register_artifact("r", 4, "bitnet", tmp_path/"bitnet", kind="bitnet")
+    pm, _ = load_bitnet_artifact(reg, aid, kernel="packed")
+    with torch.no_grad(): assert torch.equal(pm(input_ids=ids).logits, m(input_ids=ids).logits)
+    f = tmp_path/"bitnet"/PACKED_FILE
+    raw = bytearray(f.read_bytes()); raw[-5] ^= 1; f.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="changed"): load_bitnet_artifact(reg, aid)
+    reg.close()
+
+
+def test_qat_latent_weights_stay_float32_and_move(cognate_qat):
+    m, _ = cognate_qat
+    bls = [mod for mod in m.modules() if isinstance(mod, BitLinear)]
+    assert bls and all(b.weight.dtype == torch.float32 and getattr(b.weight, "_bitnet_latent", False) for b in bls)
+    fresh = tiny_cognate()
+    moved = [not torch.equal(b.weight, fresh.get_submodule(n).weight) for n, b in m.named_modules() if isinstance(b, BitLinear)]
+    assert all(moved)
