@@ -42,19 +42,29 @@ def test_console_script_installed():
     (["--resume", "--run-id", "never-ran"], "cannot resume 'never-ran'"),
     (["--preset", "tiny", "--resume"], "--resume needs --run-id"),
 ])
-def test_bad_run_input_is_one_line_and_creates_nothing(project, args, msg):
-    rc, out, err = cli("run", *args, "--no-progress")
+def test_bad_run_input_is_one_line_and_creates_nothing(project, capsys, args, msg):
+    rc = main(["run", *args, "--no-progress"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
     assert not (project/"runs").exists() and not (project.parent/"escape").exists()
 
 
-def test_bad_input_against_existing_run_changes_nothing(project):
+def test_console_script_bad_input(project):
+    for args, msg in [(["--preset", "huge"], "unknown preset 'huge'"), (["--preset", "tiny", "--run-id", "../x"], "invalid run id '../x'")]:
+        rc, out, err = cli("run", *args)
+        assert rc == 2 and err == [f"error: {err[0][7:]}"] and msg in err[0], err
+    rc, out, err = cli("frobnicate")
+    assert rc == 2 and len(err) == 1 and "invalid choice: 'frobnicate'" in err[0]
+    assert not (project/"runs").exists()
+
+
+def test_bad_input_against_existing_run_changes_nothing(project, capsys):
     run_pipeline("tiny", "1", "keep", progress=False, log=lambda *a: None)
     db = project/"runs"/"keep"/"registry.sqlite"; before = dump(db)
     for args in [["--preset", "full", "--run-id", "keep"], ["--run-id", "keep", "--resume", "--param", "nope=1"],
                  ["--run-id", "keep", "--resume", "--phases", "0"], ["--run-id", "keep", "--preset", "tiny", "--param", "x"]]:
-        rc, out, err = cli("run", *args, "--no-progress")
+        rc = main(["run", *args, "--no-progress"]); err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (args, err)
     assert dump(db) == before
     assert sorted(p.name for p in (project/"runs").iterdir()) == ["keep"]
