@@ -6,6 +6,7 @@ import nbformat
 import pytest
 
 from agent_forge.core import AgentForgeError, ConfigError, GateError
+from agent_forge.presets import phase_params
 from agent_forge.registry import Registry
 from agent_forge.runner import plan_run, run_pipeline, run_status
 from conftest import calls
@@ -39,7 +40,8 @@ def test_full_chain_injects_parameters_and_environment(project):
         assert reg.get_phase("r1", 1)["notebook"] == str(project/"runs"/"r1"/"01_make.ipynb")
     out = nbformat.read(project/"runs"/"r1"/"01_make.ipynb", as_version=4)
     injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(injected) == 1 and "value = 7" in injected[0].source and "trunk_steps = 500" in injected[0].source
+    steps = phase_params("tiny", 1)["trunk_steps"]
+    assert len(injected) == 1 and "value = 7" in injected[0].source and f"trunk_steps = {steps}" in injected[0].source
 
 
 def test_gate_failure_then_resume_reruns_only_that_phase(project):
@@ -68,10 +70,8 @@ def test_tampered_artifact_makes_resume_restart_there(project):
     run(None, "1-4", "r3", resume=True, log=lines.append)
     assert calls(project, "r3") == [1, 2, 4, 2, 4]
     assert any(l.startswith("resuming at phase 2 (check): artifact") and "data.txt changed" in l for l in lines)
-    (project/"runs"/"r3"/"artifacts"/"one"/"data.txt").write_text("tampered")
-    run(None, "1-4", "r3", resume=True)
-    assert calls(project, "r3") == [1, 2, 4, 2, 4, 1, 2, 4]
-    assert "NOT VERIFIED" not in run_status(project/"runs", "r3").split("phase 1")[0]
+    assert "NOT VERIFIED" not in run_status(project/"runs", "r3")
+    # (tampering with phase 1 makes resume restart at 1: tests/test_cli.py::test_corrupted_artifact_...)
 
 
 def test_crash_marks_failed_and_retires_its_artifacts(project):
