@@ -130,3 +130,49 @@ def test_qat_latent_weights_stay_float32_and_move(cognate_qat):
     fresh = tiny_cognate()
     moved = [not torch.equal(b.weight, fresh.get_submodule(n).weight) for n, b in m.named_modules() if isinstance(b, BitLinear)]
     assert all(moved)
+
+
+def _phase1_run(run_dir, run_id, preset):
+    "A run whose Phase 1 registered an (untrained) tiny Cognate 'general' model with a real tokenizer."
+    from agent_forge.data import domain_documents, train_tokenizer
+    from agent_forge.registry import save_model_artifact
+    reg = Registry.open(run_dir); reg.ensure_run(run_id, preset, 0, None)
+    tok = train_tokenizer(domain_documents("reasoning", "train", 300, 0) + domain_documents("memory", "train", 100, 0)
+                          + domain_documents("general", "train", 100, 0), 512)
+    cfg = CognateConfig.from_preset("tiny", vocab_size=512, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    p = save_model_artifact(CognateForCausalLM(cfg), tok, Path(run_dir)/"phase1"/"general")
+    return reg, reg.register_artifact(run_id, 1, "general", p)
+
+
+def _run_phase4(run_dir, run_id, preset, **params):
+    import papermill as pm
+    from agent_forge.core import project_root
+    return pm.execute_notebook(str(project_root()/"pipelines"/"04_bitnet.ipynb"), str(Path(run_dir)/"04_out.ipynb"),
+                               parameters=dict(run_id=run_id, run_dir=str(run_dir), preset=preset, **params),
+                               kernel_name="agent-forge", progress_bar=False)
+
+
+def test_phase4_notebook_end_to_end(tmp_path):
+    reg, src = _phase1_run(tmp_path, "p4", "tiny")
+    _run_phase4(tmp_path, "p4", "tiny", qat_steps=2)
+    art = reg.find_artifact("p4", 4, "bitnet")
+    assert art["kind"] == "bitnet" and art["parents"] == [src]
+    d = Path(art["abspath"])
+    assert (d/PACKED_FILE).is_file() and (d/"config.json").is_file() and (d/"tokenizer.json").is_file()
+    assert not (d/"model.safetensors").exists()
+    model, tok = load_bitnet_artifact(reg, art["id"], kernel="packed")
+    assert tok is not None and any(isinstance(m, TernaryLinear) for m in model.modules())
+    m = reg.get_phase("p4", 4)["metrics"]
+    assert m["logits_max_diff"] == 0.0 and m["source"]["name"] == "general"
+    assert m["sizes"]["linear_packed_bytes"] * 8 < m["sizes"]["linear_fp32_bytes"]
+    assert set(m["speed"]) == {"fp32", "ternary_packed", "ternary_int_mm"}
+
+
+def test_phase4_gate_enforced_at_full(tmp_path):
+    import papermill as pm
+    _phase1_run(tmp_path, "p4full", "full")
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        _run_phase4(tmp_path, "p4full", "full", qat_steps=2, max_ppl_increase=-1.0)
+    assert e.value.ename == "GateError"

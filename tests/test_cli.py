@@ -61,6 +61,7 @@ def test_console_script_bad_input(project):
 
 def test_bad_input_against_existing_run_changes_nothing(project, capsys):
     run_pipeline("tiny", "1", "keep", progress=False, log=lambda *a: None)
+    capsys.readouterr()
     db = project/"runs"/"keep"/"registry.sqlite"; before = dump(db)
     for args in [["--preset", "full", "--run-id", "keep"], ["--run-id", "keep", "--resume", "--param", "nope=1"],
                  ["--run-id", "keep", "--resume", "--phases", "0"], ["--run-id", "keep", "--preset", "tiny", "--param", "x"]]:

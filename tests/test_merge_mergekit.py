@@ -26,7 +26,7 @@ def _save(d, seed, layers=2, base=None, tie=False):
     m.save_pretrained(d)
     return m
 
-# name -> YAML; $T is the folder of checkpoints: base, ft1, ft2, ft3 (fine-tunes of base), deep (3 layers),
+# name -> YAML; $T is the folder of checkpoints: base, ft1, ft2, ft3 (fine-tunes of base), scaled (1.5 x base), deep (3 layers),
 # tbase, tft1, tft2 (tied embeddings, as Cognate has).
 CASES = {
     "linear": """
@@ -57,7 +57,7 @@ CASES = {
     "slerp_collinear": """
         merge_method: slerp
         base_model: $T/base
-        models: [{model: $T/base}, {model: $T/ft1}]
+        models: [{model: $T/base}, {model: $T/scaled}]
         parameters: {t: 0.3}
         dtype: float32""",
     "task_arithmetic": """
@@ -122,6 +122,10 @@ def mergekit_outputs(tmp_path_factory):
     T = tmp_path_factory.mktemp("ckpt")
     base = _save(T/"base", 0)
     for i in (1, 2, 3): _save(T/f"ft{i}", i, base=base)
+    scaled = _save(T/"scaled", 0)  # 1.5 x base: every tensor collinear with base's, SLERP's linear branch
+    with torch.no_grad():
+        for p in scaled.parameters(): p.mul_(1.5)
+    scaled.save_pretrained(T/"scaled")
     _save(T/"deep", 4, layers=3)
     tbase = _save(T/"tbase", 5, tie=True)
     for i in (1, 2): _save(T/f"tft{i}", 5 + i, base=tbase, tie=True)
