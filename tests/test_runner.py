@@ -30,6 +30,7 @@ def test_full_chain_injects_parameters_and_environment(project):
     assert "note: no notebook yet for phase 3; left out of the chain" in notes
     assert any(l.startswith("phase 2 (check): done in ") for l in notes)
     assert calls(project, "r1") == [1, 2, 4]
+    assert sorted(p.name for p in (project/"runs"/"r1"/"logs").iterdir()) == ["01_make.kernel.log", "02_check.kernel.log", "04_last.kernel.log"]
     env = json.loads((project/"runs"/"r1"/"env_1.json").read_text())
     assert env["cwd"] == str(project) and env["seed"] == 3 and env["preset"] == "tiny"
     assert env["run_dir"] == str(project/"runs"/"r1")
