@@ -10,29 +10,38 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def phase1_run(tmp_path_factory):
+def make_phase1_run(run, preset):
+    "A run folder whose registry holds only a Phase 1 `reasoning` model (a tiny untrained Cognate with a real BPE tokenizer)."
     import agent_forge
     from agent_forge.cognate import CognateConfig, CognateForCausalLM
     from agent_forge.data import arithmetic_examples, domain_documents, train_tokenizer
     from agent_forge.registry import Registry, save_model_artifact
-    run = tmp_path_factory.mktemp("runs") / "qs"
     texts = domain_documents("general", "train", 20, 0) + [e.text for e in arithmetic_examples(200, "train", 0, steps=True)]
     tok = train_tokenizer(texts, 320)
     torch.manual_seed(0)
     cfg = CognateConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                         sliding_window=32, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,
                         memory_chunk_size=8, trm_intermediate_size=64, trm_latent_steps=1, trm_recursions=1, trm_supervision_steps=1)
-    reg = Registry.open(run); reg.ensure_run("qs", "tiny", 0, None)
+    reg = Registry.open(run); reg.ensure_run("qs", preset, 0, None)
     out = save_model_artifact(CognateForCausalLM(cfg), tok, run / "phase1" / "reasoning")
     reg.register_artifact("qs", 1, "reasoning", out)
     return run
 
 
-def test_phase3_smoke(phase1_run, tmp_path):
+def run_phase3(run, out, preset="tiny"):
+    "Execute the phase notebook at its smoke-size defaults."
     os.environ.setdefault("WANDB_MODE", "offline")
-    pm.execute_notebook(str(ROOT / "pipelines" / "03_quietstar.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="agent-forge",
-                        parameters=dict(run_id="qs", run_dir=str(phase1_run)), cwd=str(ROOT), progress_bar=False)
+    pm.execute_notebook(str(ROOT / "pipelines" / "03_quietstar.ipynb"), str(out), kernel_name="agent-forge",
+                        parameters=dict(run_id="qs", run_dir=str(run), preset=preset), cwd=str(ROOT), progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def phase1_run(tmp_path_factory):
+    return make_phase1_run(tmp_path_factory.mktemp("runs") / "qs", "tiny")
+
+
+def test_phase3_smoke(phase1_run, tmp_path):
+    run_phase3(phase1_run, tmp_path / "out.ipynb")
     from agent_forge.registry import Registry
     reg = Registry.open(phase1_run, create=False)
     baked, qs = reg.find_artifact("qs", 3, "baked"), reg.find_artifact("qs", 3, "quietstar")
@@ -44,3 +53,15 @@ def test_phase3_smoke(phase1_run, tmp_path):
         row = metrics["nll"][kind]
         assert all(row[k] > 0 for k in ("baked", "none", "thought", "random"))
     assert baked["metrics"]["kl_original"] >= 0 and 0 <= metrics["acc_think"] <= 1
+
+
+def test_phase3_full_gate_refuses_useless_thoughts(tmp_path):
+    "At the full preset an untrained model's thoughts do not help: the notebook reports, registers, then raises GateError."
+    run = make_phase1_run(tmp_path / "qs", "full")
+    with pytest.raises(pm.PapermillExecutionError, match="GateError"):
+        run_phase3(run, tmp_path / "out.ipynb", preset="full")
+    from agent_forge.registry import Registry
+    reg = Registry.open(run, create=False)
+    qs = reg.find_artifact("qs", 3, "quietstar")
+    d_t, d_r = qs["metrics"]["hard_thought_minus_none"], qs["metrics"]["hard_random_minus_none"]
+    assert not (d_t < 0 and d_r >= 0)  # exactly the condition the gate refused
