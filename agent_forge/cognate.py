@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # %% auto #0
 __all__ = ['CognateConfig', 'CognateRMSNorm', 'CognateMLP', 'rotary', 'sliding_window_mask', 'CognateAttention',
            'CognateDecoderLayer', 'CognateRecursion', 'CognateCausalLMOutput', 'CognatePreTrainedModel', 'CognateModel',
-           'CognateForCausalLM']
+           'check_attention_mask', 'CognateForCausalLM']
 
 # %% ../nbs/04_cognate.ipynb #3952ca48
 import torch
@@ -238,6 +238,16 @@ class CognateModel(CognatePreTrainedModel):
             if output_hidden_states: hidden.append(h)
         return self.norm(h), hidden
 
+# %% ../nbs/04_cognate.ipynb #8d04f773
+def check_attention_mask(attention_mask:torch.Tensor|None # (B, T) of 0/1, or None
+                        )->None:
+    "Raise unless `attention_mask` is absent or right padding only (each row ones then zeros)."
+    if attention_mask is None: return
+    m = attention_mask
+    if not bool(((m == 0) | (m == 1)).all()) or bool((m[:, 1:] > m[:, :-1]).any()):
+        raise NotImplementedError("Cognate supports only right padding (each attention_mask row is 1...1 0...0); "
+                                  "left padding or a pad before real tokens is not implemented")
+
 # %% ../nbs/04_cognate.ipynb #0402b30d
 class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     "Cognate causal language model (TRM x Titans-MAG) with tied embeddings."
@@ -257,11 +267,12 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     def get_output_embeddings(self): return self.lm_head
     def set_output_embeddings(self, value): self.lm_head = value
 
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        return {"input_ids": input_ids}
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
                 output_hidden_states=False, return_dict=True, **kwargs):
+        check_attention_mask(attention_mask)
         x, hidden = self.model(input_ids, inputs_embeds, output_hidden_states)  # (B, T, C)
         B, T, C = x.shape
         y = self.recursion.y_init.expand(B, T, C)

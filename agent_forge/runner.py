@@ -251,7 +251,7 @@ def run_pipeline(preset:str="tiny", phases:str="1-8", run_id:str|None=None, resu
                  runs_dir:Path|None=None, root:Path|None=None, kernel:str=KERNEL, progress:bool=True, log=print)->list:
     "Plan and execute a run (see `plan_run` and `execute_plan`); the CLI's `agent-forge run`."
     plan = plan_run(preset, phases, run_id, resume, params, runs_dir, root, kernel, log)
-    log(f"run {plan['run_id']} ({preset}): phases {', '.join(str(s['phase']) for s in plan['steps'])} -> {plan['run_dir']}")
+    log(f"run {plan['run_id']} ({plan['preset']}): phases {', '.join(str(s['phase']) for s in plan['steps'])} -> {plan['run_dir']}")
     return execute_plan(plan, progress, log)
 
 # %% ../nbs/11_runner.ipynb #d8639a7b

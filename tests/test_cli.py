@@ -90,6 +90,7 @@ def test_corrupted_artifact_is_one_error_line_and_nothing_trusted(project):
     rc, out, err = cli("run", "--resume", "--run-id", "c1", "--phases", "1-2", "--no-progress")
     assert rc == 0, err
     assert "resuming at phase 1 (make)" in out and calls(project, "c1") == [1, 2, 2, 1, 2]
+    assert any(l.startswith("run c1 (tiny): phases") for l in out.splitlines())  # the resumed run's recorded preset, not None
 
 
 def test_gate_failure_line(project):
