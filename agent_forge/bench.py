@@ -14,7 +14,7 @@ __all__ = ['PeakMemory', 'cognate_builder', 'bench_preset', 'bench_presets', 'fo
 
 # %% ../nbs/13_bench.ipynb #c9e0fc69
 import torch
-from .core import ConfigError, NotBuiltError
+from .core import ConfigError, NotBuiltError, timed
 from .presets import PRESETS, get_preset, phase_params
 
 # %% ../nbs/13_bench.ipynb #d93c59f2
@@ -59,9 +59,6 @@ def cognate_builder(preset:str)->torch.nn.Module:
         raise
     return CognateForCausalLM(CognateConfig.from_preset(preset))
 
-def _sync(dev:torch.device):
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
-
 def _optim_ratio(build, n_steps:int)->dict:
     "MuGrokfast vs AdamW step time from `agent_forge.optim`."
     try: from agent_forge.optim import step_time_ratio
@@ -102,10 +99,8 @@ def bench_preset(preset:str, # 'tiny' or 'full'
         model.train(); times = []
         for i in range(train_steps + 1):
             ids = torch.randint(0, V, (B, T), generator=g).to(dev)
-            _sync(dev); t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss; loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-            _sync(dev)
-            if i: times.append(time.perf_counter() - t0)
+            _, dt = timed(lambda: (model(input_ids=ids, labels=ids).loss.backward(), opt.step(), opt.zero_grad(set_to_none=True)), dev)
+            if i: times.append(dt)
         del opt; model.eval()
         gc_ = model.generation_config; use_cache = bool(getattr(gc_, "use_cache", True))
         prompt = torch.randint(0, V, (1, 16), generator=g).to(dev)
@@ -113,8 +108,7 @@ def bench_preset(preset:str, # 'tiny' or 'full'
                   pad_token_id=gc_.pad_token_id if gc_.pad_token_id is not None else gc_.eos_token_id)
         with torch.no_grad():
             model.generate(prompt, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
-            _sync(dev); t0 = time.perf_counter(); out = model.generate(prompt, **kw); _sync(dev)
-            gen_s = time.perf_counter() - t0
+            out, gen_s = timed(lambda: model.generate(prompt, **kw), dev)
         n_new = out.shape[1] - prompt.shape[1]
         if n_new != new_tokens: raise RuntimeError(f"generate produced {n_new} tokens, asked for {new_tokens}")
     del model; gc.collect()

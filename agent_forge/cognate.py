@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from .core import ConfigError
+from .core import ConfigError, NotBuiltError
 from .memory import NeuralMemory
 from .presets import get_preset
 
@@ -245,7 +245,7 @@ def check_attention_mask(attention_mask:torch.Tensor|None # (B, T) of 0/1, or No
     if attention_mask is None: return
     m = attention_mask
     if not bool(((m == 0) | (m == 1)).all()) or bool((m[:, 1:] > m[:, :-1]).any()):
-        raise NotImplementedError("Cognate supports only right padding (each attention_mask row is 1...1 0...0); "
+        raise NotBuiltError("Cognate supports only right padding (each attention_mask row is 1...1 0...0); "
                                   "left padding or a pad before real tokens is not implemented")
 
 # %% ../nbs/04_cognate.ipynb #0402b30d

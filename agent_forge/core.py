@@ -6,12 +6,12 @@ Docs: https://agent-forge.github.io/agent-forge/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #9b4f3b2c
 from __future__ import annotations
-import hashlib, os, random, re
+import hashlib, os, random, re, time
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['AgentForgeError', 'ConfigError', 'IntegrityError', 'GateError', 'NotBuiltError', 'seed_everything', 'validate_name',
-           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'wandb_env']
+           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'timed', 'wandb_env']
 
 # %% ../nbs/00_core.ipynb #63152dfe
 import numpy as np
@@ -93,6 +93,17 @@ def data_dir()->Path:
 def default_device()->torch.device:
     "CUDA if available, else CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# %% ../nbs/00_core.ipynb #623b4d60
+def timed(fn, # the work to time, called with no arguments
+          device:torch.device|str|None=None # synchronise this CUDA device around the call (None or CPU: no sync)
+         )->tuple:
+    "`(fn(), seconds)`, with CUDA synchronised before and after the call."
+    dev = torch.device(device) if device is not None else None
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev is not None and dev.type == "cuda" else (lambda: None)
+    sync(); t0 = time.perf_counter()
+    out = fn(); sync()
+    return out, time.perf_counter() - t0
 
 # %% ../nbs/00_core.ipynb #29ed12dd
 def wandb_env(run_dir:Path, # the run's folder

@@ -21,7 +21,7 @@ __all__ = ['FITNESS_WEIGHTS', 'GA_METHODS', 'recipe_hash', 'merge_recipe', 'mode
 import cma
 import numpy as np
 import torch
-from .core import ConfigError
+from .core import ConfigError, timed
 from .merge import get_method, layer_of, count_layers, load_state, model_state
 
 # %% ../nbs/32_evomerge.ipynb #394c52ee
@@ -77,13 +77,7 @@ def measure(model:torch.nn.Module, # the candidate, already holding its weights
         cuda = dev.type == "cuda"
         if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(dev); before = torch.cuda.memory_allocated(dev)
         model(input_ids=probe)  # warm-up
-        times = []
-        for _ in range(max(1, reps)):
-            if cuda: torch.cuda.synchronize()
-            t0 = time.perf_counter(); model(input_ids=probe)
-            if cuda: torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        out["latency_s"] = min(times)
+        out["latency_s"] = min(timed(lambda: model(input_ids=probe), dev)[1] for _ in range(max(1, reps)))
         out["memory_bytes"] = model_bytes(model) + (torch.cuda.max_memory_allocated(dev) - before if cuda else 0)
     return out
 

@@ -18,7 +18,7 @@ __all__ = ['GROKFAST_FILTERS', 'NS_COEFFICIENTS', 'OPTIMIZERS', 'PHASE_PRESETS',
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import ConfigError
+from .core import ConfigError, timed
 
 # %% ../nbs/20_optim.ipynb #a31eee06
 GROKFAST_FILTERS = {
@@ -401,17 +401,14 @@ def step_time(model:nn.Module, # model whose parameters `opt` updates
     "Mean seconds per `opt.step()` on a fixed synthetic loss (forward/backward not timed)."
     if n_steps < 1: raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
     params = [p for p in model.parameters() if p.requires_grad]
-    cuda = any(p.is_cuda for p in params)
+    dev = params[0].device if params else None
     total = 0.0
     for i in range(n_steps + 1):
         opt.zero_grad(set_to_none=True)
         loss = sum(0.5 * p.float().pow(2).sum() for p in params)
         loss.backward()
-        if cuda: torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.step()
-        if cuda: torch.cuda.synchronize()
-        if i: total += time.perf_counter() - t0
+        dt = timed(opt.step, dev)[1]
+        if i: total += dt
     return total / n_steps
 
 def step_time_ratio(model_builder:Callable[[], nn.Module], # returns a fresh model (same seed each call)

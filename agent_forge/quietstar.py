@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import save_file, load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from .core import ConfigError
+from .core import ConfigError, NotBuiltError, timed
 from .baking import (bos_ids, encode, pad_rows, forward_hidden, final_hidden, head_logits, check_head_contract,
                                 model_device, pick_next)
 
@@ -354,16 +354,11 @@ def thought_throughput(qs:QuietStar, # the model
                       )->dict:
     "Thought tokens/s of the batched sampler and of the naive per-position loop on the same pairs."
     ids, pairs = ids.to(qs.device), pairs.to(qs.device)
-    sync = torch.cuda.synchronize if qs.device.type == "cuda" else (lambda: None)
     n_tok = len(pairs) * n_thoughts * qs.cfg.thought_len
     sample_thoughts(qs, ids, pairs[:1], n_thoughts)  # warm-up
-    sync(); t0 = time.perf_counter()
-    sample_thoughts(qs, ids, pairs, n_thoughts, generator=torch.Generator(qs.device).manual_seed(seed)); sync()
-    batched = time.perf_counter() - t0
+    batched = timed(lambda: sample_thoughts(qs, ids, pairs, n_thoughts, generator=torch.Generator(qs.device).manual_seed(seed)), qs.device)[1]
     g = torch.Generator(qs.device).manual_seed(seed)
-    sync(); t0 = time.perf_counter()
-    for k in range(len(pairs)): sample_thoughts(qs, ids, pairs[k:k+1], n_thoughts, generator=g)
-    sync(); naive = time.perf_counter() - t0
+    naive = timed(lambda: [sample_thoughts(qs, ids, pairs[k:k+1], n_thoughts, generator=g) for k in range(len(pairs))], qs.device)[1]
     return dict(pairs=len(pairs), thought_tokens=n_tok, batched_tok_s=n_tok / batched, naive_tok_s=n_tok / naive,
                 speedup=naive / batched, device=str(qs.device))
 
@@ -421,7 +416,7 @@ def check_diagonal(qs:QuietStar, # the model
     pairs = torch.tensor([[0, 2], [0, 5]], device=qs.device)
     with torch.no_grad():
         try: hd = diagonal_hidden(qs, ids, th, end=True, n_true=2)[0, 4:6]  # (2, T, H): <eot> and x_{i+1} streams
-        except NotImplementedError as e:  # a model that refuses 4-D masks (Cognate) says so itself
+        except NotBuiltError as e:  # a model that refuses 4-D masks (Cognate) says so itself
             raise ConfigError(f"{type(qs.model).__name__} does not honour the diagonal 4-D attention mask ({e}); use the sampled-position scheme") from e
         hr = thought_forward(qs, ids, pairs, th[0, pairs[:, 1]], 2)[1]  # (2, 2, H)
     if not torch.allclose(hd[:, pairs[:, 1]].transpose(0, 1), hr, atol=atol):
@@ -436,15 +431,10 @@ def diagonal_throughput(qs:QuietStar, # a plain-attention model (see `check_diag
     check_diagonal(qs)
     ids = ids.to(qs.device)
     B, T = ids.shape
-    sync = torch.cuda.synchronize if qs.device.type == "cuda" else (lambda: None)
     n_tok = B * T * qs.cfg.thought_len
-    sync(); t0 = time.perf_counter()
-    sample_thoughts_diagonal(qs, ids, generator=torch.Generator(qs.device).manual_seed(seed)); sync()
-    diag = time.perf_counter() - t0
+    diag = timed(lambda: sample_thoughts_diagonal(qs, ids, generator=torch.Generator(qs.device).manual_seed(seed)), qs.device)[1]
     pairs = torch.stack([torch.arange(B).repeat_interleave(T), torch.arange(T).repeat(B)], -1).to(qs.device)
-    sync(); t0 = time.perf_counter()
-    sample_thoughts(qs, ids, pairs, 1, generator=torch.Generator(qs.device).manual_seed(seed)); sync()
-    rows = time.perf_counter() - t0
+    rows = timed(lambda: sample_thoughts(qs, ids, pairs, 1, generator=torch.Generator(qs.device).manual_seed(seed)), qs.device)[1]
     return dict(positions=B * T, thought_tokens=n_tok, diagonal_tok_s=n_tok / diag, rows_tok_s=n_tok / rows, device=str(qs.device))
 
 # %% ../nbs/51_quietstar.ipynb #3a2c5900

@@ -71,3 +71,13 @@ def tiny_llama(vocab_size: int, seed: int = 0):
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=64, eos_token_id=2, pad_token_id=1, bos_token_id=2)
     return LlamaForCausalLM(cfg).eval()
+
+def tiny_cognate(vocab_size: int, seed: int = 0, **overrides):
+    "A CognateForCausalLM with hidden size 32 (2 layers, one fast recursion pass unless `overrides` say otherwise)."
+    import torch
+    from agent_forge.cognate import CognateConfig, CognateForCausalLM
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               sliding_window=32, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,
+               memory_chunk_size=8, trm_intermediate_size=64, trm_latent_steps=1, trm_recursions=1, trm_supervision_steps=1)
+    return CognateForCausalLM(CognateConfig(**{**cfg, **overrides}))

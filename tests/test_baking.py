@@ -4,8 +4,9 @@ import pytest
 
 import agent_forge
 from agent_forge.baking import bake, bake_report, char_tokenizer, encode, fit_lm, lora_targets
-from agent_forge.cognate import CognateConfig, CognateForCausalLM
+from agent_forge.cognate import CognateForCausalLM
 from agent_forge.registry import Registry, load_model_artifact, save_model_artifact
+from conftest import tiny_cognate
 
 L = "abcdefgh"
 def shift(x): return "".join(L[(L.index(c) + 1) % len(L)] for c in x)
@@ -16,11 +17,7 @@ def cognate_shift():
     "A tiny Cognate that has learned: `shift:abc=bcd`, bare `abc=abc`."
     import random
     tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = CognateConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        sliding_window=32, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,
-                        memory_chunk_size=8, trm_intermediate_size=64, trm_latent_steps=1, trm_recursions=1, trm_supervision_steps=1)
-    model = CognateForCausalLM(cfg)
+    model = tiny_cognate(len(tok))
     r = random.Random(0)
     docs = []
     for _ in range(3000):

@@ -5,21 +5,18 @@ import pytest
 
 import agent_forge
 from agent_forge.baking import char_tokenizer, encode, final_hidden, fit_lm
-from agent_forge.cognate import CognateConfig, CognateForCausalLM
+from agent_forge.cognate import CognateForCausalLM
 from agent_forge.quietstar import (QuietStar, QuietStarConfig, gather_base, load_quietstar, mixed_logprobs, pair_nll,
                                    sample_pairs, sample_thoughts, save_quietstar_extras, thought_forward, train_quietstar)
 from agent_forge.registry import Registry, load_model_artifact, save_model_artifact
+from conftest import tiny_cognate
 
 
 @pytest.fixture(scope="module")
 def cognate():
     import random
     tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = CognateConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        sliding_window=16, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,
-                        memory_chunk_size=8, trm_intermediate_size=64, trm_latent_steps=1, trm_recursions=2, trm_supervision_steps=2)
-    model = CognateForCausalLM(cfg)
+    model = tiny_cognate(len(tok), sliding_window=16, trm_recursions=2, trm_supervision_steps=2)
     r = random.Random(0)
     docs = [f"{a}+{b}={a + b}\n" for a, b in ((r.randrange(10), r.randrange(10)) for _ in range(2000))]
     fit_lm(model, tok, docs, steps=150, lr=3e-3)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,17 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_phase1_run(run, preset):
     "A run folder whose registry holds only a Phase 1 `reasoning` model (a tiny untrained Cognate with a real BPE tokenizer)."
     import agent_forge
-    from agent_forge.cognate import CognateConfig, CognateForCausalLM
+    from conftest import tiny_cognate
     from agent_forge.data import arithmetic_examples, domain_documents, train_tokenizer
     from agent_forge.registry import Registry, save_model_artifact
     texts = domain_documents("general", "train", 20, 0) + [e.text for e in arithmetic_examples(200, "train", 0, steps=True)]
     tok = train_tokenizer(texts, 320)
-    torch.manual_seed(0)
-    cfg = CognateConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                        sliding_window=32, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,
-                        memory_chunk_size=8, trm_intermediate_size=64, trm_latent_steps=1, trm_recursions=1, trm_supervision_steps=1)
+    model = tiny_cognate(len(tok), num_hidden_layers=1)
     reg = Registry.open(run); reg.ensure_run("qs", preset, 0, None)
-    out = save_model_artifact(CognateForCausalLM(cfg), tok, run / "phase1" / "reasoning")
+    out = save_model_artifact(model, tok, run / "phase1" / "reasoning")
     reg.register_artifact("qs", 1, "reasoning", out)
     return run
 
