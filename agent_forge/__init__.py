@@ -2,12 +2,13 @@
 
 Modules:
 
-- `agent_forge.evomerge`: Evolutionary search over merge recipes: a genetic algorithm over method and parameters, and CMA-ES over per-layer weights and densities; fitness measured on held-out data, cached by recipe hash, resumable.
-- `agent_forge.merge`: Model-merging operators on state dicts (linear, SLERP, task arithmetic, TIES, DARE, Breadcrumbs, passthrough) and data-flow-space layer routing (DFS), each registered by name with its paper.
-- `agent_forge.mergekit_config`: Read mergekit's YAML merge configs and run them on local Hugging Face checkpoints with `agent_forge.merge`, writing a Hugging Face checkpoint."""
+- `agent_forge.foundation.methods`: One pattern for every table of named methods: an entry with its paper, a decorator that registers a function where it is defined, and `get(name)` that says which names exist.
+- `agent_forge.merge.evomerge`: Evolutionary search over merge recipes: a genetic algorithm over method and parameters, and CMA-ES over per-layer weights and densities; fitness measured on held-out data, cached by recipe hash, resumable.
+- `agent_forge.merge.mergekit`: Read mergekit's YAML merge configs and run them on local Hugging Face checkpoints with `agent_forge.merge.methods`, writing a Hugging Face checkpoint.
+- `agent_forge.merge.methods`: Model-merging operators on state dicts (linear, SLERP, task arithmetic, TIES, DARE, Breadcrumbs, passthrough) and data-flow-space layer routing (DFS), each registered by name with its paper."""
 
 __version__ = "0.1.0"
 
 # Importing the package registers Cognate with transformers' Auto classes, so that
 # `AutoModelForCausalLM.from_pretrained(dir)` loads a saved Agent Forge model.
-from agent_forge import cognate as _cognate  # noqa: E402,F401
+from agent_forge.models import cognate as _cognate  # noqa: E402,F401

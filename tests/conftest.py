@@ -9,8 +9,8 @@ HEAD = 'run_id = "nbval-smoke"\nrun_dir = ""\npreset = "tiny"\nseed = 0\n'
 COMMON = textwrap.dedent('''
     import json, os
     from pathlib import Path
-    from agent_forge.registry import Registry
-    from agent_forge.core import GateError
+    from agent_forge.runs.registry import Registry
+    from agent_forge.foundation.core import GateError
     reg = Registry.open(run_dir); reg.ensure_run(run_id, preset, seed)
     with open(Path(run_dir)/"calls.txt", "a") as f: f.write(f"{PHASE}\\n")
     (Path(run_dir)/f"env_{PHASE}.json").write_text(json.dumps(dict(cwd=os.getcwd(), wandb_dir=os.environ.get("WANDB_DIR"),
@@ -75,7 +75,7 @@ def tiny_llama(vocab_size: int, seed: int = 0):
 def tiny_cognate(vocab_size: int, seed: int = 0, **overrides):
     "A CognateForCausalLM with hidden size 32 (2 layers, one fast recursion pass unless `overrides` say otherwise)."
     import torch
-    from agent_forge.cognate import CognateConfig, CognateForCausalLM
+    from agent_forge.models.cognate import CognateConfig, CognateForCausalLM
     torch.manual_seed(seed)
     cfg = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                sliding_window=32, num_persistent_tokens=2, memory_num_heads=2, memory_head_dim=8, memory_hidden_size=16,

@@ -11,11 +11,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mergekit_env import ensure_mergekit_venv
-from agent_forge.cognate import CognateConfig, CognateForCausalLM
-from agent_forge.evomerge import MergeEvaluator, merge_recipe
-from agent_forge.evaluate import domain_losses
-from agent_forge.merge import merge, model_state
-from agent_forge.mergekit_config import run_merge_yaml
+from agent_forge.models.cognate import CognateConfig, CognateForCausalLM
+from agent_forge.merge.methods.evomerge import MergeEvaluator, merge_recipe
+from agent_forge.training.evaluate import domain_losses
+from agent_forge.merge.methods import merge, model_state
+from agent_forge.merge.methods.mergekit import run_merge_yaml
 
 QUICK = "--quick" in sys.argv
 REPS = 2 if QUICK else 5

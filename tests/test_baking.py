@@ -3,9 +3,9 @@ import torch
 import pytest
 
 import agent_forge
-from agent_forge.baking import bake, bake_report, char_tokenizer, encode, fit_lm, lora_targets
-from agent_forge.cognate import CognateForCausalLM
-from agent_forge.registry import Registry, load_model_artifact, save_model_artifact
+from agent_forge.baking.prompt import bake, bake_report, char_tokenizer, encode, fit_lm, lora_targets
+from agent_forge.models.cognate import CognateForCausalLM
+from agent_forge.runs.registry import Registry, load_model_artifact, save_model_artifact
 from conftest import tiny_cognate
 
 L = "abcdefgh"

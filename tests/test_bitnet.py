@@ -1,4 +1,4 @@
-"Heavier checks of agent_forge.bitnet across modules: Cognate conversion, packed kernels, damaged files, the registry."
+"Heavier checks of agent_forge.compress.bitnet across modules: Cognate conversion, packed kernels, damaged files, the registry."
 import random
 from pathlib import Path
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from agent_forge.bitnet import (PACKED_FILE, BitLinear, TernaryLinear, convert_to_bitnet, load_bitnet_artifact, load_packed,
+from agent_forge.compress.bitnet import (PACKED_FILE, BitLinear, TernaryLinear, convert_to_bitnet, load_bitnet_artifact, load_packed,
                                 logits_match, pack_ternary, qat_train, quantize_weights, save_packed, ternary_stats, unpack_ternary)
-from agent_forge.cognate import CognateConfig, CognateForCausalLM
-from agent_forge.core import IntegrityError
-from agent_forge.registry import Registry
+from agent_forge.models.cognate import CognateConfig, CognateForCausalLM
+from agent_forge.foundation.core import IntegrityError
+from agent_forge.runs.registry import Registry
 
 
 def tiny_llama(seed=0):
@@ -134,8 +134,9 @@ def test_qat_latent_weights_stay_float32_and_move(cognate_qat):
 
 def _phase1_run(run_dir, run_id, preset):
     "A run whose Phase 1 registered an (untrained) tiny Cognate 'general' model with a real tokenizer."
-    from agent_forge.data import domain_documents, train_tokenizer
-    from agent_forge.registry import save_model_artifact
+    from agent_forge.data.corpora import domain_documents
+from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.runs.registry import save_model_artifact
     reg = Registry.open(run_dir); reg.ensure_run(run_id, preset, 0, None)
     tok = train_tokenizer(domain_documents("reasoning", "train", 300, 0) + domain_documents("memory", "train", 100, 0)
                           + domain_documents("general", "train", 100, 0), 512)
@@ -148,7 +149,7 @@ def _phase1_run(run_dir, run_id, preset):
 
 def _run_phase4(run_dir, run_id, preset, **params):
     import papermill as pm
-    from agent_forge.core import project_root
+    from agent_forge.foundation.core import project_root
     return pm.execute_notebook(str(project_root()/"pipelines"/"04_bitnet.ipynb"), str(Path(run_dir)/"04_out.ipynb"),
                                parameters=dict(run_id=run_id, run_dir=str(run_dir), preset=preset, **params),
                                kernel_name="agent-forge", progress_bar=False)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_forge.cli import main
-from agent_forge.runner import run_pipeline
+from agent_forge.runs.cli import main
+from agent_forge.runs.runner import run_pipeline
 from conftest import calls
 
 EXE = Path(sys.executable).parent/"agent-forge"
@@ -109,11 +109,11 @@ def test_status_and_missing_run(project, capsys):
 
 def test_merge_dispatch(project, tmp_path, capsys, monkeypatch):
     import importlib.util
-    if importlib.util.find_spec("agent_forge.mergekit_config") is None:
+    if importlib.util.find_spec("agent_forge.merge.mergekit") is None:
         assert main(["merge", str(tmp_path/"c.yml"), str(tmp_path/"out")]) == 2
         assert "not built yet" in capsys.readouterr().err
     else:
-        import agent_forge.mergekit_config as mc
+        import agent_forge.merge.mergekit as mc
         seen = []
         monkeypatch.setattr(mc, "run_merge_yaml", lambda c, o: seen.append((c, o)) or Path(o))
         assert main(["merge", str(tmp_path/"c.yml"), str(tmp_path/"out")]) == 0
@@ -121,7 +121,7 @@ def test_merge_dispatch(project, tmp_path, capsys, monkeypatch):
 
 
 def test_bench_json_with_stand_in_model(tmp_path, monkeypatch, capsys):
-    import agent_forge.bench as bench
+    import agent_forge.runs.bench as bench
     from conftest import tiny_llama
     monkeypatch.setattr(bench, "cognate_builder", lambda preset: tiny_llama(64))
     out = tmp_path/"b.json"

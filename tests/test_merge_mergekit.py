@@ -1,5 +1,5 @@
 """Our merges equal mergekit's: the same YAML through mergekit's CLI (`mergekit-multi`, mergekit 0.1.5 in `.venv-mergekit`,
-see tests/mergekit_env.py) and through `agent_forge.mergekit_config.run_merge_yaml`, on tiny Llama checkpoints
+see tests/mergekit_env.py) and through `agent_forge.merge.mergekit.run_merge_yaml`, on tiny Llama checkpoints
 built here, must give the same tensors within 1e-6. Skipped, with the reason shown by `-ra`, only when the
 mergekit venv cannot be built (for example without access to PyPI)."""
 import json, os, subprocess, textwrap
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from agent_forge.mergekit_config import run_merge_yaml
+from agent_forge.merge.methods.mergekit import run_merge_yaml
 from mergekit_env import ensure_mergekit_venv
 
 TOL = 1e-6

@@ -1,4 +1,4 @@
-"Heavier checks of agent_forge.optim: equality with torch.optim.Muon / AdamW, routing, checkpoints."
+"Heavier checks of agent_forge.training.optim: equality with torch.optim.Muon / AdamW, routing, checkpoints."
 import copy
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from agent_forge.core import ConfigError
-from agent_forge.optim import (MuGrokfast, Muon, Grokfast, filter_grad, gradfilter_ema, gradfilter_ma, kl_regulariser,
+from agent_forge.foundation.core import ConfigError
+from agent_forge.training.optim import (MuGrokfast, Muon, Grokfast, filter_grad, gradfilter_ema, gradfilter_ma, kl_regulariser,
                                step_time, step_time_ratio, warmup_cosine)
 
 

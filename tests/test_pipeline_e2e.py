@@ -39,7 +39,7 @@ def chain(tmp_path_factory):
 def test_chain_runs_and_registers(chain):
     r, run_dir = chain
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from agent_forge.registry import Registry
+    from agent_forge.runs.registry import Registry
     reg = Registry.open(run_dir, create=False)
     phases = {p["phase"]: p for p in reg.list_phases("e2e")}
     assert phases[1]["status"] == "done"
@@ -51,7 +51,7 @@ def test_chain_runs_and_registers(chain):
 
 def test_phase1_report_has_measured_gate(chain):
     r, run_dir = chain
-    from agent_forge.registry import Registry
+    from agent_forge.runs.registry import Registry
     m = Registry.open(run_dir, create=False).get_phase("e2e", 1)["metrics"]
     losses = m["heldout_loss"]
     for d in ["reasoning", "memory", "general"]:  # the gate the notebook asserted, checked again from the registry
@@ -61,8 +61,8 @@ def test_phase1_report_has_measured_gate(chain):
 
 def test_tampered_artifact_is_refused(chain):
     r, run_dir = chain
-    from agent_forge.core import IntegrityError
-    from agent_forge.registry import Registry, load_model_artifact
+    from agent_forge.foundation.core import IntegrityError
+    from agent_forge.runs.registry import Registry, load_model_artifact
     reg = Registry.open(run_dir, create=False)
     art = reg.find_artifact("e2e", 1, "general")
     cfg = Path(art["abspath"]) / "config.json"

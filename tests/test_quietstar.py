@@ -4,11 +4,11 @@ import torch
 import pytest
 
 import agent_forge
-from agent_forge.baking import char_tokenizer, encode, final_hidden, fit_lm
-from agent_forge.cognate import CognateForCausalLM
-from agent_forge.quietstar import (QuietStar, QuietStarConfig, gather_base, load_quietstar, mixed_logprobs, pair_nll,
+from agent_forge.baking.prompt import char_tokenizer, encode, final_hidden, fit_lm
+from agent_forge.models.cognate import CognateForCausalLM
+from agent_forge.baking.prompt.quietstar import (QuietStar, QuietStarConfig, gather_base, load_quietstar, mixed_logprobs, pair_nll,
                                    sample_pairs, sample_thoughts, save_quietstar_extras, thought_forward, train_quietstar)
-from agent_forge.registry import Registry, load_model_artifact, save_model_artifact
+from agent_forge.runs.registry import Registry, load_model_artifact, save_model_artifact
 from conftest import tiny_cognate
 
 

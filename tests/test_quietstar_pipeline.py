@@ -13,8 +13,10 @@ def make_phase1_run(run, preset):
     "A run folder whose registry holds only a Phase 1 `reasoning` model (a tiny untrained Cognate with a real BPE tokenizer)."
     import agent_forge
     from conftest import tiny_cognate
-    from agent_forge.data import arithmetic_examples, domain_documents, train_tokenizer
-    from agent_forge.registry import Registry, save_model_artifact
+    from agent_forge.data.tasks import arithmetic_examples
+from agent_forge.data.corpora import domain_documents
+from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.runs.registry import Registry, save_model_artifact
     texts = domain_documents("general", "train", 20, 0) + [e.text for e in arithmetic_examples(200, "train", 0, steps=True)]
     tok = train_tokenizer(texts, 320)
     model = tiny_cognate(len(tok), num_hidden_layers=1)
@@ -38,7 +40,7 @@ def phase1_run(tmp_path_factory):
 
 def test_phase3_smoke(phase1_run, tmp_path):
     run_phase3(phase1_run, tmp_path / "out.ipynb")
-    from agent_forge.registry import Registry
+    from agent_forge.runs.registry import Registry
     reg = Registry.open(phase1_run, create=False)
     baked, qs = reg.find_artifact("qs", 3, "baked"), reg.find_artifact("qs", 3, "quietstar")
     reg.verify_artifact(baked["id"]); reg.verify_artifact(qs["id"])
@@ -56,7 +58,7 @@ def test_phase3_full_gate_refuses_useless_thoughts(tmp_path):
     run = make_phase1_run(tmp_path / "qs", "full")
     with pytest.raises(pm.PapermillExecutionError, match="GateError"):
         run_phase3(run, tmp_path / "out.ipynb", preset="full")
-    from agent_forge.registry import Registry
+    from agent_forge.runs.registry import Registry
     reg = Registry.open(run, create=False)
     qs = reg.find_artifact("qs", 3, "quietstar")
     d_t, d_r = qs["metrics"]["hard_thought_minus_none"], qs["metrics"]["hard_random_minus_none"]

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent_forge.core import AgentForgeError, ConfigError, IntegrityError
-from agent_forge.registry import Registry, load_model_artifact, save_model_artifact
+from agent_forge.foundation.core import AgentForgeError, ConfigError, IntegrityError
+from agent_forge.runs.registry import Registry, load_model_artifact, save_model_artifact
 from conftest import tiny_llama, tiny_tokenizer
 
 

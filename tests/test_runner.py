@@ -5,10 +5,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from agent_forge.core import AgentForgeError, ConfigError, GateError
-from agent_forge.presets import phase_params
-from agent_forge.registry import Registry
-from agent_forge.runner import plan_run, run_pipeline, run_status
+from agent_forge.foundation.core import AgentForgeError, ConfigError, GateError
+from agent_forge.foundation.config import phase_params
+from agent_forge.runs.registry import Registry
+from agent_forge.runs.runner import plan_run, run_pipeline, run_status
 from conftest import calls
 
 def run(*a, **kw):
