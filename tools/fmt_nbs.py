@@ -30,7 +30,8 @@ def fmt_cell(src):
     except Exception as e:  # noqa: BLE001 - report and keep the cell
         print(f"  black could not parse a cell: {type(e).__name__}: {str(e)[:100]}")
         return src
-    return out.rstrip("\n")
+    # black writes nbdev's `#| directive` comments as `# | directive`; keep nbdev's spelling
+    return "\n".join("#|" + l[3:] if l.startswith("# |") else l for l in out.rstrip("\n").splitlines())
 
 
 def main(argv):

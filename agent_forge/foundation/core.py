@@ -11,7 +11,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['AgentForgeError', 'ConfigError', 'IntegrityError', 'GateError', 'NotBuiltError', 'seed_everything', 'validate_name',
-           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'timed', 'wandb_env']
+           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'timed', 'patch', 'wandb_env']
 
 # %% ../../nbs/00_foundation/00_core.ipynb #63152dfe
 import numpy as np
@@ -119,6 +119,15 @@ def timed(
     out = fn()
     sync()
     return out, time.perf_counter() - t0
+
+# %% ../../nbs/00_foundation/00_core.ipynb #62edf870
+def patch(f):
+    "Attach `f` to the class named by its `self` annotation, as fastcore's `@patch` does."
+    ann = f.__annotations__["self"]
+    cls = f.__globals__[ann] if isinstance(ann, str) else ann
+    f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+    setattr(cls, f.__name__, f)
+    return f
 
 # %% ../../nbs/00_foundation/00_core.ipynb #29ed12dd
 def wandb_env(

@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ['PHASE_STATUSES', 'MANIFEST', 'Registry', 'save_model_artifact', 'load_model_artifact']
 
 # %% ../../nbs/80_runs/00_registry.ipynb #e6f97881
-from ..foundation.core import AgentForgeError, ConfigError, IntegrityError, validate_name, sha256_file
+from ..foundation.core import patch, AgentForgeError, ConfigError, IntegrityError, validate_name, sha256_file
 
 # %% ../../nbs/80_runs/00_registry.ipynb #7d56c7e5
 _SCHEMA = """
@@ -114,15 +114,6 @@ class Registry:
     def journal_mode(self) -> str:
         "The database's journal mode (always 'wal')."
         return self.conn.execute("PRAGMA journal_mode").fetchone()[0]
-
-# %% ../../nbs/80_runs/00_registry.ipynb #d83c49a9
-def patch(f):
-    "Attach `f` to the class named by its `self` annotation, as fastcore's `@patch` does."
-    ann = f.__annotations__["self"]
-    cls = f.__globals__[ann] if isinstance(ann, str) else ann
-    f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-    setattr(cls, f.__name__, f)
-    return f
 
 # %% ../../nbs/80_runs/00_registry.ipynb #dbb13c8d
 def _row(r) -> dict | None:
