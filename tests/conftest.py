@@ -19,6 +19,25 @@ COMMON = textwrap.dedent('''
         d = Path(run_dir)/"artifacts"/name; d.mkdir(parents=True, exist_ok=True); (d/"data.txt").write_text(text)
         return reg.register_artifact(run_id, PHASE, name, d, kind="data")''')
 
+# Smoke sizes of the real phase notebooks: their parameters cells hold the `tiny` preset, so tests pass these
+# smaller values explicitly, per phase (`--param N.KEY=VALUE`).
+SMOKE = {
+    1: dict(seq_len=64, trunk_steps=30, specialist_steps=15, train_tokens_per_domain=60000, tokenizer_chars=400000,
+            eval_windows=4, task_eval_examples=6),
+    2: dict(population=4, generations=2, seq_len=64, eval_windows=8, task_examples=2),
+    3: dict(bake_inputs=24, bake_heldout=12, bake_per_input=1, bake_steps=12, bake_batch=8, bake_max_new=24, positions=2,
+            seq_len=48, batch_size=2, train_windows=256, qs_steps=6, qs_lr=3e-4, eval_examples=8, eval_windows=2,
+            eval_positions=8, throughput_pairs=4, show_thoughts=4),
+    4: dict(seq_len=32, batch_size=4, qat_steps=6, qat_warmup=1, train_tokens_per_domain=20000, calib_windows=2,
+            eval_windows=2, task_eval_examples=2, speed_prompt_len=16, speed_new_tokens=4, speed_repeats=1),
+}
+
+
+def smoke_args(phases=SMOKE):
+    "The smoke sizes as `--param N.KEY=VALUE` arguments."
+    return [a for n, d in phases.items() for k, v in d.items() for a in ("--param", f"{n}.{k}={v}")]
+
+
 # phase -> (file name, extra parameters, body). Phase 2 has a gate; phase 4 can crash.
 PHASES = {
     1: ("01_make.ipynb", "value = 1\n", 'make("one", str(value)); reg.log_metrics(run_id, 1, {"value": value})'),

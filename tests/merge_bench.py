@@ -12,10 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mergekit_env import ensure_mergekit_venv
 from agent_forge.models.cognate import CognateConfig, CognateForCausalLM
-from agent_forge.merge.methods.evomerge import MergeEvaluator, merge_recipe
+from agent_forge.merge.evomerge import MergeEvaluator, merge_recipe
 from agent_forge.training.evaluate import domain_losses
 from agent_forge.merge.methods import merge, model_state
-from agent_forge.merge.methods.mergekit import run_merge_yaml
+from agent_forge.merge.mergekit import run_merge_yaml
 
 QUICK = "--quick" in sys.argv
 REPS = 2 if QUICK else 5

@@ -9,7 +9,8 @@ from agent_forge.runs.registry import Registry, load_model_artifact, save_model_
 from conftest import tiny_cognate
 
 L = "abcdefgh"
-def shift(x): return "".join(L[(L.index(c) + 1) % len(L)] for c in x)
+def shift(x):
+    return "".join(L[(L.index(c) + 1) % len(L)] for c in x)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,12 @@ def test_bake_cognate_and_registry_round_trip(cognate_shift, tmp_path):
     assert res.kl_before > 0.5 and res.kl_after < 0.5 * res.kl_before
     rep = bake_report(model, res.model, tok, "shift:", held, max_new_tokens=4, stop_ids=(nl,))
     assert rep["agree_tok_baked"] > rep["agree_tok_original"]
-    reg = Registry.open(tmp_path / "run"); reg.ensure_run("r", "tiny", 0, None)
+    reg = Registry.open(tmp_path / "run")
+    reg.ensure_run("r", "tiny", 0, None)
     out = save_model_artifact(res.model, tok, tmp_path / "run" / "phase3" / "baked")
     aid = reg.register_artifact("r", 3, "baked", out, metrics=res.summary())
     loaded, tok2 = load_model_artifact(reg, aid)
     assert type(loaded) is CognateForCausalLM and not any("lora" in k for k in loaded.state_dict())
     x = torch.tensor([[0] + encode(tok2, "abc=bc")])
-    with torch.no_grad(): assert torch.allclose(loaded(input_ids=x).logits, res.model.eval()(input_ids=x).logits, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=x).logits, res.model.eval()(input_ids=x).logits, atol=1e-5)

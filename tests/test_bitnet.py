@@ -55,6 +55,20 @@ def test_any_code3_is_refused():
             with pytest.raises(IntegrityError, match="code 3"): unpack_ternary(q, t.shape)
 
 
+def test_registries_name_their_papers_and_lookups_return_the_entries():
+    from agent_forge.compress.bitnet import KERNELS, QAT_OPTIMIZERS, QUANTIZERS, Quantizer, get_kernel, get_quantizer
+    get_kernel("packed")  # imports agent_forge.compress.kernels, which registers the packed kernel
+    assert list(KERNELS) == ["int_mm", "fp64_exact", "packed"] and list(QAT_OPTIMIZERS) == ["mugrokfast", "adamw"]
+    assert KERNELS.get("packed").paper == "https://arxiv.org/abs/2410.16144"
+    assert all(KERNELS.get(n).paper == "https://arxiv.org/abs/2402.17764" for n in ("int_mm", "fp64_exact"))
+    assert all(QUANTIZERS.get(n).paper == "https://arxiv.org/abs/2402.17764" for n in QUANTIZERS)
+    for n in KERNELS:
+        assert get_kernel(n) is KERNELS.get(n).fn and get_kernel(n).name == n
+    assert get_quantizer("absmean_ternary") == Quantizer("absmean_ternary", quantize_weights, "weight",
+                                                         "https://arxiv.org/abs/2402.17764")
+    assert QAT_OPTIMIZERS.names(options=True) == ["mugrokfast"]
+
+
 def test_zero_fraction_near_a_third_on_gaussian():
     assert 0.29 < (quantize_weights(torch.randn(512, 512))[0] == 0).float().mean().item() < 0.33
 
@@ -135,7 +149,7 @@ def test_qat_latent_weights_stay_float32_and_move(cognate_qat):
 def _phase1_run(run_dir, run_id, preset):
     "A run whose Phase 1 registered an (untrained) tiny Cognate 'general' model with a real tokenizer."
     from agent_forge.data.corpora import domain_documents
-from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.data.tokenizer import train_tokenizer
     from agent_forge.runs.registry import save_model_artifact
     reg = Registry.open(run_dir); reg.ensure_run(run_id, preset, 0, None)
     tok = train_tokenizer(domain_documents("reasoning", "train", 300, 0) + domain_documents("memory", "train", 100, 0)

@@ -238,7 +238,7 @@ def tok(tmp_path_factory):
 
 def test_tokenizer(tok):
     t, d = tok
-    assert isinstance(t, T.PreTrainedTokenizerFast) and len(t) <= 800
+    assert isinstance(t, TK.PreTrainedTokenizerFast) and len(t) <= 800
     for s in ["naïve café — 日本語 😀 \t x\n\n y ", "W: 905*307=905*300=271500 = 277835\n", "  leading and trailing  "]:
         ids = t(s, add_special_tokens=False)["input_ids"]
         assert t.decode(ids) == s

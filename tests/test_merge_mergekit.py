@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from agent_forge.merge.methods.mergekit import run_merge_yaml
+from agent_forge.merge.mergekit import run_merge_yaml
 from mergekit_env import ensure_mergekit_venv
 
 TOL = 1e-6

@@ -1,26 +1,18 @@
-"""End to end: the real runner executes every phase notebook that exists, at the notebooks' own smoke sizes.
+"""End to end: the real runner executes every phase notebook that exists, at smoke size.
 
-The runner injects the `tiny` preset's phase parameters; here every notebook's smoke-size defaults are passed
-back as `--param` overrides, so CI exercises the whole chain (registry hand-offs included) in minutes.
+The phase notebooks' parameters cells hold the `tiny` preset; the smoke sizes (`conftest.SMOKE`) are passed as
+phase-qualified `--param N.KEY=VALUE` overrides, so CI exercises the whole chain (registry hand-offs included) in
+minutes, and the runner validates every value through the phases' typed configs.
 """
 import json, os, subprocess, sys
 from pathlib import Path
 
 import papermill as pm
 import pytest
+from conftest import SMOKE, smoke_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).parent / "agent-forge")]
-INJECTED = {"run_id", "run_dir", "preset", "seed"}
-
-
-def smoke_params():
-    "Every phase notebook's parameter defaults (minus the ones the runner injects), as --param arguments."
-    args = []
-    for nb in sorted((ROOT / "pipelines").glob("[0-9][0-9]_*.ipynb")):
-        for name, p in pm.inspect_notebook(str(nb)).items():
-            if name not in INJECTED: args += ["--param", f"{name}={p['default']}"]
-    return args
 
 
 def run_cli(*args, timeout=1800):
@@ -32,7 +24,7 @@ def run_cli(*args, timeout=1800):
 def chain(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     r = run_cli("run", "--preset", "tiny", "--phases", "1-8", "--run-id", "e2e", "--runs-dir", str(runs),
-                "--no-progress", *smoke_params())
+                "--no-progress", *smoke_args())
     return r, runs / "e2e"
 
 

@@ -1,13 +1,24 @@
-"""Quiet-STaR on the project's Cognate model: the batched sampled-position rows equal single rows, training runs,
-and the artifact (model + mixing head) survives the registry round trip."""
+"""Quiet-STaR on the project's Cognate model: the batched sampled-position rows equal single rows, training
+runs, and the artifact (model + mixing head) survives the registry round trip."""
 import torch
 import pytest
 
 import agent_forge
 from agent_forge.baking.prompt import char_tokenizer, encode, final_hidden, fit_lm
 from agent_forge.models.cognate import CognateForCausalLM
-from agent_forge.baking.prompt.quietstar import (QuietStar, QuietStarConfig, gather_base, load_quietstar, mixed_logprobs, pair_nll,
-                                   sample_pairs, sample_thoughts, save_quietstar_extras, thought_forward, train_quietstar)
+from agent_forge.baking.quietstar import (
+    QuietStar,
+    QuietStarConfig,
+    gather_base,
+    load_quietstar,
+    mixed_logprobs,
+    pair_nll,
+    sample_pairs,
+    sample_thoughts,
+    save_quietstar_extras,
+    thought_forward,
+    train_quietstar,
+)
 from agent_forge.runs.registry import Registry, load_model_artifact, save_model_artifact
 from conftest import tiny_cognate
 
@@ -33,7 +44,8 @@ def test_batched_rows_equal_single_rows_on_cognate(cognate):
         lp, h = thought_forward(qs, ids, pairs, th, 3)
         for k in range(len(th)):
             b, i = pairs[k // 2].tolist()
-            row = torch.tensor([ids[b, :i + 1].tolist() + [qs.start_id] + th[k].tolist() + [qs.end_id] + ids[b, i + 1:i + 3].tolist()])
+            row = [*ids[b, : i + 1].tolist(), qs.start_id, *th[k].tolist(), qs.end_id, *ids[b, i + 1 : i + 3].tolist()]
+            row = torch.tensor([row])
             assert torch.allclose(h[k], final_hidden(model, row)[0, i + 7:i + 10], atol=1e-4)
 
 
@@ -44,7 +56,8 @@ def test_train_and_registry_round_trip(cognate, tmp_path):
     curve = train_quietstar(qs, windows, steps=4, batch_size=2, lr=1e-3, head_lr=1e-2)
     assert len(curve) == 4 and all(torch.isfinite(torch.tensor(c["loss"])) for c in curve)
     assert abs(curve[-1]["w"] - curve[0]["w"]) > 0  # the head moved
-    reg = Registry.open(tmp_path / "run"); reg.ensure_run("r", "tiny", 0, None)
+    reg = Registry.open(tmp_path / "run")
+    reg.ensure_run("r", "tiny", 0, None)
     out = save_model_artifact(qs.model, tok, tmp_path / "run" / "phase3" / "quietstar")
     save_quietstar_extras(qs, out)
     aid = reg.register_artifact("r", 3, "quietstar", out)
@@ -53,7 +66,11 @@ def test_train_and_registry_round_trip(cognate, tmp_path):
     pairs = torch.tensor([[0, 5], [0, 9]])
     th = sample_thoughts(qs, ids, pairs, 1, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        a = mixed_logprobs(qs, gather_base(final_hidden(qs.model, ids), pairs, 1), thought_forward(qs, ids, pairs, th, 1)[1])[0]
-        b = mixed_logprobs(qs2, gather_base(final_hidden(qs2.model, ids), pairs, 1), thought_forward(qs2, ids, pairs, th, 1)[1])[0]
+        a = mixed_logprobs(
+            qs, gather_base(final_hidden(qs.model, ids), pairs, 1), thought_forward(qs, ids, pairs, th, 1)[1]
+        )[0]
+        b = mixed_logprobs(
+            qs2, gather_base(final_hidden(qs2.model, ids), pairs, 1), thought_forward(qs2, ids, pairs, th, 1)[1]
+        )[0]
     assert torch.allclose(a, b, atol=1e-5)
     assert pair_nll(qs2, ids, sample_pairs(1, ids.shape[1], 4, 1), "random").isfinite().all()

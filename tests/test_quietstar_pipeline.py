@@ -10,17 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_phase1_run(run, preset):
-    "A run folder whose registry holds only a Phase 1 `reasoning` model (a tiny untrained Cognate with a real BPE tokenizer)."
+    "A run folder whose registry holds only a Phase 1 `reasoning` model (tiny untrained Cognate, real BPE tokenizer)."
     import agent_forge
     from conftest import tiny_cognate
     from agent_forge.data.tasks import arithmetic_examples
-from agent_forge.data.corpora import domain_documents
-from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.data.corpora import domain_documents
+    from agent_forge.data.tokenizer import train_tokenizer
     from agent_forge.runs.registry import Registry, save_model_artifact
-    texts = domain_documents("general", "train", 20, 0) + [e.text for e in arithmetic_examples(200, "train", 0, steps=True)]
+
+    texts = domain_documents("general", "train", 20, 0)
+    texts += [e.text for e in arithmetic_examples(200, "train", 0, steps=True)]
     tok = train_tokenizer(texts, 320)
     model = tiny_cognate(len(tok), num_hidden_layers=1)
-    reg = Registry.open(run); reg.ensure_run("qs", preset, 0, None)
+    reg = Registry.open(run)
+    reg.ensure_run("qs", preset, 0, None)
     out = save_model_artifact(model, tok, run / "phase1" / "reasoning")
     reg.register_artifact("qs", 1, "reasoning", out)
     return run
@@ -29,8 +32,14 @@ from agent_forge.data.tokenizer import train_tokenizer
 def run_phase3(run, out, preset="tiny"):
     "Execute the phase notebook at its smoke-size defaults."
     os.environ.setdefault("WANDB_MODE", "offline")
-    pm.execute_notebook(str(ROOT / "pipelines" / "03_quietstar.ipynb"), str(out), kernel_name="agent-forge",
-                        parameters=dict(run_id="qs", run_dir=str(run), preset=preset), cwd=str(ROOT), progress_bar=False)
+    pm.execute_notebook(
+        str(ROOT / "pipelines" / "03_quietstar.ipynb"),
+        str(out),
+        kernel_name="agent-forge",
+        parameters=dict(run_id="qs", run_dir=str(run), preset=preset),
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,8 @@ def test_phase3_smoke(phase1_run, tmp_path):
     from agent_forge.runs.registry import Registry
     reg = Registry.open(phase1_run, create=False)
     baked, qs = reg.find_artifact("qs", 3, "baked"), reg.find_artifact("qs", 3, "quietstar")
-    reg.verify_artifact(baked["id"]); reg.verify_artifact(qs["id"])
+    reg.verify_artifact(baked["id"])
+    reg.verify_artifact(qs["id"])
     assert qs["parents"] == [baked["id"]] and baked["parents"] == [reg.find_artifact("qs", 1, "reasoning")["id"]]
     assert {"mixing_head.safetensors", "quietstar.json"} <= set(qs["files"])
     metrics = qs["metrics"]
@@ -54,7 +64,7 @@ def test_phase3_smoke(phase1_run, tmp_path):
 
 
 def test_phase3_full_gate_refuses_useless_thoughts(tmp_path):
-    "At the full preset an untrained model's thoughts do not help: the notebook reports, registers, then raises GateError."
+    "At the full preset an untrained model's thoughts do not help: the notebook reports, registers, raises GateError."
     run = make_phase1_run(tmp_path / "qs", "full")
     with pytest.raises(pm.PapermillExecutionError, match="GateError"):
         run_phase3(run, tmp_path / "out.ipynb", preset="full")

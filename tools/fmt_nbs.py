@@ -36,7 +36,7 @@ def fmt_cell(src):
 
 def main(argv):
     check = "--check" in argv
-    files = [Path(a) for a in argv if not a.startswith("--")] or sorted(ROOT.glob("nbs/**/*.ipynb")) + sorted(
+    files = [Path(a).resolve() for a in argv if not a.startswith("--")] or sorted(ROOT.glob("nbs/**/*.ipynb")) + sorted(
         ROOT.glob("pipelines/*.ipynb")
     )
     left = 0

@@ -11,68 +11,66 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 # %% auto #0
-__all__ = ['WEIGHT_EPS', 'ACT_CLAMP', 'QUANTIZERS', 'KERNELS', 'DEFAULT_TARGETS', 'STAGE1_END', 'STAGE2_START', 'QAT_OPTIMIZERS',
+__all__ = ['QUANTIZERS', 'WEIGHT_EPS', 'ACT_CLAMP', 'KERNELS', 'DEFAULT_TARGETS', 'STAGE1_END', 'STAGE2_START', 'QAT_OPTIMIZERS',
            'PACKED_FORMAT', 'PACKED_VERSION', 'PACKED_FILE', 'quantize_weights', 'quantize_activations', 'Quantizer',
            'get_quantizer', 'ste', 'pack_ternary', 'unpack_ternary', 'Kernel', 'get_kernel', 'ternary_linear',
            'BitLinear', 'TernaryLinear', 'logits_match', 'bitnet_target_names', 'convert_to_bitnet', 'qat_schedule',
            'make_qat_optimizer', 'qat_train', 'ternary_stats', 'packed_tensors', 'save_packed', 'load_packed',
            'load_bitnet_artifact', 'size_report', 'tokens_per_second']
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #b4079c8b
+# %% ../../nbs/70_compress/00_bitnet.ipynb #fdcc764a
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from ..foundation.core import ConfigError, IntegrityError, NotBuiltError
+from ..foundation.methods import MethodRegistry
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #b4ac5b54
+# %% ../../nbs/70_compress/00_bitnet.ipynb #e4a5da02
+QUANTIZERS = MethodRegistry("quantiser")  # name -> quantiser function; flag kind: 'weight' or 'activation'
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #0b46a498
 WEIGHT_EPS = 1e-5  # the eps in W / (gamma + eps)
-ACT_CLAMP = 1e-5  # max|x| is clamped here so an all-zero token gets a finite scale
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #9a1987ff
+@QUANTIZERS.register("absmean_ternary", paper="https://arxiv.org/abs/2402.17764", kind="weight")
 def quantize_weights(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # a weight tensor of any shape
     "Absmean ternary: `(clip(round(W/(gamma+eps)), -1, 1)` as int8, `gamma = mean|W|` as a float32 scalar)."
     W = W.detach().float()
     gamma = W.abs().mean()
     return (W / (gamma + WEIGHT_EPS)).round().clamp(-1, 1).to(torch.int8), gamma
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #dd371bc0
+ACT_CLAMP = 1e-5  # max|x| is clamped here so an all-zero token gets a finite scale
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #ce527792
+@QUANTIZERS.register("absmax_int8", paper="https://arxiv.org/abs/2402.17764", kind="activation")
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (..., features)
     "Per-token absmax int8: `(clip(round(x*s), -128, 127)` as int8, `s = 127/max|x|` of shape (..., 1))."
     x = x.detach().float()
     s = 127.0 / x.abs().amax(-1, keepdim=True).clamp(min=ACT_CLAMP)
     return (x * s).round().clamp(-128, 127).to(torch.int8), s
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #c4aaab2f
+# %% ../../nbs/70_compress/00_bitnet.ipynb #9c5ea517
 class Quantizer(NamedTuple):
     "A named quantiser: a pure tensor function, what it quantises, and where it is defined."
 
-    name: str
-    fn: Callable
+    name: str  # its key in `QUANTIZERS`
+    fn: Callable  # tensor -> (int8 values, float32 scale)
     kind: str  # 'weight' or 'activation'
-    paper: str
+    paper: str  # URL of the paper that defines it
 
-
-QUANTIZERS = {
-    q.name: q
-    for q in [
-        Quantizer("absmean_ternary", quantize_weights, "weight", "https://arxiv.org/abs/2402.17764"),
-        Quantizer("absmax_int8", quantize_activations, "activation", "https://arxiv.org/abs/2402.17764"),
-    ]
-}
-
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #cc50f4be
 def get_quantizer(
-    name: str, kind: str | None = None  # a key of `QUANTIZERS`  # if given, the quantiser must be of this kind
+    name: str,  # a key of `QUANTIZERS`
+    kind: str | None = None,  # if given, the quantiser must be of this kind
 ) -> Quantizer:
     "Look a quantiser up by name (`ConfigError` if unknown or of the wrong kind)."
-    q = QUANTIZERS.get(name)
-    if q is None:
-        raise ConfigError(f"unknown quantiser {name!r}; known: {sorted(QUANTIZERS)}")
-    if kind is not None and q.kind != kind:
-        raise ConfigError(f"quantiser {name!r} quantises {q.kind}s, not {kind}s")
-    return q
+    m = QUANTIZERS.get(name)
+    if kind is not None and m.kind != kind:
+        raise ConfigError(f"quantiser {name!r} quantises {m.kind}s, not {kind}s")
+    return Quantizer(m.name, m.fn, m.kind, m.paper)
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #42b7a579
 def ste(
@@ -82,7 +80,7 @@ def ste(
     "Forward value `q`, gradient of the identity with respect to `x`."
     return x + (q - x).detach()
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #579f2053
+# %% ../../nbs/70_compress/00_bitnet.ipynb #392e45ca
 def pack_ternary(t: torch.Tensor) -> torch.Tensor:  # integer tensor with values in {-1, 0, 1}, any shape
     "Pack ternary values 4 per byte (code t+1, least significant bits first) into a flat uint8 tensor."
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -93,9 +91,10 @@ def pack_ternary(t: torch.Tensor) -> torch.Tensor:  # integer tensor with values
     codes = torch.cat([(flat + 1).to(torch.uint8), torch.ones((-flat.numel()) % 4, dtype=torch.uint8)]).view(-1, 4)
     return codes[:, 0] | (codes[:, 1] << 2) | (codes[:, 2] << 4) | (codes[:, 3] << 6)
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #8c54fbae
 def unpack_ternary(
-    packed: torch.Tensor, shape: tuple | torch.Size  # flat uint8 from `pack_ternary`  # the original shape
+    packed: torch.Tensor,  # flat uint8 from `pack_ternary`
+    shape: tuple | torch.Size,  # the original shape
 ) -> torch.Tensor:
     "Inverse of `pack_ternary`: int8 tensor of `shape`; `IntegrityError` on a wrong length or invalid code."
     shape = tuple(int(d) for d in shape)
@@ -114,15 +113,21 @@ def unpack_ternary(
         raise IntegrityError("non-zero padding in the last byte of packed ternary data")
     return (codes[:n].to(torch.int8) - 1).reshape(shape)
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #23d490f6
+# %% ../../nbs/70_compress/00_bitnet.ipynb #5bfc1b03
 class Kernel(NamedTuple):
     "An exact int8 x ternary linear map: `linear(h (M, K) float32, prepare(W_q), gamma, bias, N) -> (M, N) float32`."
 
-    name: str
+    name: str  # its key in `KERNELS`
     prepare: Callable  # (N, K) int8 ternary -> the kernel's layout
     weights: Callable  # (prepared, (N, K)) -> (N, K) int8 ternary
-    linear: Callable
-    about: str
+    linear: Callable  # (h, prepared, gamma, bias, N) -> (M, N) float32
+    about: str  # one line for the registry
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #ea341d7a
+KERNELS = MethodRegistry("ternary kernel")  # name -> Kernel; flag bits: bits per weight held in memory
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #f7b653b2
+_int8 = lambda w_q: w_q.to(torch.int8).contiguous()
 
 
 def _int_mm_linear(h, w, gamma, bias, n_out):
@@ -132,6 +137,16 @@ def _int_mm_linear(h, w, gamma, bias, n_out):
     return y if bias is None else y + bias
 
 
+_k = Kernel(
+    "int_mm",
+    _int8,
+    lambda w, shape: w,
+    _int_mm_linear,
+    "per-token int8 activations x int8-held ternary weights through torch._int_mm",
+)
+KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2402.17764", doc=_k.about, bits=8)
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #8824a2ae
 def _fp64_linear(h, w, gamma, bias, n_out):
     x_q, s = quantize_activations(h)
     acc = x_q.double() @ w.double().t()  # (M, N) integers, exact in float64 (|acc| <= 128 K << 2^53)
@@ -139,37 +154,26 @@ def _fp64_linear(h, w, gamma, bias, n_out):
     return y if bias is None else y + bias
 
 
-_int8 = lambda w_q: w_q.to(torch.int8).contiguous()
-KERNELS = {
-    "int_mm": Kernel(
-        "int_mm",
-        _int8,
-        lambda w, shape: w,
-        _int_mm_linear,
-        "per-token int8 activations x int8-held ternary weights through torch._int_mm",
-    ),
-    "fp64_exact": Kernel(
-        "fp64_exact",
-        _int8,
-        lambda w, shape: w,
-        _fp64_linear,
-        "the same integer product computed exactly in float64; any device (GPUs where _int_mm's shape rules bite)",
-    ),
-}
+_k = Kernel(
+    "fp64_exact",
+    _int8,
+    lambda w, shape: w,
+    _fp64_linear,
+    "the same integer product computed exactly in float64; any device (GPUs where _int_mm's shape rules bite)",
+)
+KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2402.17764", doc=_k.about, bits=8)
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #d1e821e9
 def get_kernel(name: str) -> Kernel:  # a key of `KERNELS`
-    "Look an integer kernel up by name (`ConfigError` if unknown)."
+    "Look an integer kernel up by name (`ConfigError` if unknown); 'packed' imports `agent_forge.compress.kernels`."
     if name not in KERNELS:
         try:
             import agent_forge.compress.kernels  # registers the packed kernel on import
         except ImportError:
             pass
-    if name not in KERNELS:
-        raise ConfigError(f"unknown ternary kernel {name!r}; known: {sorted(KERNELS)}")
-    return KERNELS[name]
+    return KERNELS.get(name).fn
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #0b08582f
 def ternary_linear(
     h: torch.Tensor,  # (..., K) float input (already normalised)
     prepared: torch.Tensor,  # the layer's weights after `kernel.prepare`
@@ -182,26 +186,25 @@ def ternary_linear(
     y = get_kernel(kernel).linear(h.reshape(-1, h.shape[-1]).float().contiguous(), prepared, gamma, bias, out_features)
     return y.reshape(*h.shape[:-1], y.shape[-1])
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #dd00e229
+# %% ../../nbs/70_compress/00_bitnet.ipynb #3c843158
 class BitLinear(nn.Linear):
     "Linear layer with RMSNorm, absmean ternary weights and per-token int8 activations (STE in training)."
 
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
-        bias: bool = False,
+        in_features: int,  # K
+        out_features: int,  # N
+        bias: bool = False,  # add a float32 bias
         norm_eps: float = 1e-6,  # eps of the input RMSNorm
         weight_quant: str = "absmean_ternary",  # key of `QUANTIZERS` (weight)
         act_quant: str = "absmax_int8",  # key of `QUANTIZERS` (activation)
         kernel: str = "int_mm",  # integer kernel used in eval mode
-        device=None,
+        device=None,  # where the parameters go
     ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=torch.float32)
         self.norm = nn.RMSNorm(in_features, eps=norm_eps, device=device, dtype=torch.float32)
-        self.weight_quant, self.act_quant = get_quantizer(weight_quant, "weight"), get_quantizer(
-            act_quant, "activation"
-        )
+        self.weight_quant = get_quantizer(weight_quant, "weight")
+        self.act_quant = get_quantizer(act_quant, "activation")
         self.kernel = get_kernel(kernel).name
         self.weight._bitnet_latent = True
 
@@ -220,7 +223,7 @@ class BitLinear(nn.Linear):
     def extra_repr(self):
         return super().extra_repr() + f", weight_quant={self.weight_quant.name}, act_quant={self.act_quant.name}"
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #821747ad
+# %% ../../nbs/70_compress/00_bitnet.ipynb #344dc93e
 class TernaryLinear(nn.Module):
     "Inference-only BitNet linear layer holding ternary weights in an integer kernel's layout."
 
@@ -231,8 +234,8 @@ class TernaryLinear(nn.Module):
         norm_weight: torch.Tensor,  # (in,) RMSNorm gain
         bias: torch.Tensor | None = None,  # (out,) or None
         norm_eps: float = 1e-6,  # eps of the RMSNorm
-        kernel: str = "int_mm",
-    ):  # key of `KERNELS`
+        kernel: str = "int_mm",  # key of `KERNELS`
+    ):
         super().__init__()
         self.out_features, self.in_features = w_q.shape
         self.norm = nn.RMSNorm(self.in_features, eps=norm_eps, dtype=torch.float32)
@@ -243,8 +246,10 @@ class TernaryLinear(nn.Module):
         self.set_kernel(kernel, w_q)
 
     def set_kernel(
-        self, kernel: str, w_q: torch.Tensor | None = None  # key of `KERNELS`
-    ):  # ternary weights (default: this layer's)
+        self,
+        kernel: str,  # key of `KERNELS`
+        w_q: torch.Tensor | None = None,  # ternary weights (default: this layer's)
+    ):
         "Lay the weights out for `kernel` (only that layout is kept)."
         w_q = self.ternary_weight() if w_q is None else w_q.to(torch.int8)
         k = get_kernel(kernel)
@@ -256,7 +261,11 @@ class TernaryLinear(nn.Module):
         return get_kernel(self.kernel).weights(self.weight_prepared, (self.out_features, self.in_features))
 
     @classmethod
-    def from_bitlinear(cls, bl: BitLinear, kernel: str | None = None):
+    def from_bitlinear(
+        cls,
+        bl: BitLinear,  # a trained layer
+        kernel: str | None = None,  # key of `KERNELS` (default: the layer's)
+    ):
         "Freeze a trained `BitLinear` into its inference form."
         w_q, gamma = bl.weight_quant.fn(bl.weight)
         return cls(w_q, gamma, bl.norm.weight.detach(), bl.bias, bl.norm.eps, kernel or bl.kernel)
@@ -269,23 +278,24 @@ class TernaryLinear(nn.Module):
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #92dd3274
+# %% ../../nbs/70_compress/00_bitnet.ipynb #6d311106
 def logits_match(
-    a: torch.Tensor,
-    b: torch.Tensor,  # logits of the packed and of the QAT model
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    a: torch.Tensor,  # logits of the packed model
+    b: torch.Tensor,  # logits of the QAT model
+    atol: float = 1e-5,  # absolute tolerance
+    rtol: float = 1e-5,  # tolerance relative to |b|
 ) -> tuple[bool, float]:
     "(all |a-b| <= atol + rtol*|b|, max |a-b|): the packed-vs-QAT equality criterion."
     d = (a.float() - b.float()).abs()
     return bool((d <= atol + rtol * b.float().abs()).all()), d.max().item()
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #1baa1a47
+# %% ../../nbs/70_compress/00_bitnet.ipynb #b82adbba
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #7e70e766
 def bitnet_target_names(
-    model: nn.Module, targets: tuple = DEFAULT_TARGETS  # a causal LM  # module-name suffixes to convert
+    model: nn.Module,  # a causal LM
+    targets: tuple = DEFAULT_TARGETS,  # module-name suffixes to convert
 ) -> list[str]:
     "Names of the `nn.Linear` modules `convert_to_bitnet` would replace."
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -293,7 +303,7 @@ def bitnet_target_names(
         n for n, m in model.named_modules() if type(m) is nn.Linear and n.split(".")[-1] in targets and m is not head
     ]
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #1c19791a
 @torch.no_grad()
 def _input_rms(model, names, calib_ids):
     "Mean per-token RMS of each named module's input on `calib_ids`."
@@ -353,17 +363,20 @@ def convert_to_bitnet(
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return names
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #e55cf49d
-STAGE1_END, STAGE2_START = 8e-4 / 1.5e-3, 5e-4 / 1.5e-3  # BitNet b1.58 2B4T lr ratios
+# %% ../../nbs/70_compress/00_bitnet.ipynb #406ab33b
+STAGE1_END = 8e-4 / 1.5e-3  # BitNet b1.58 2B4T: stage 1 ends at 8e-4 of a 1.5e-3 peak
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #4777094b
+STAGE2_START = 5e-4 / 1.5e-3  # BitNet b1.58 2B4T: stage 2 restarts at 5e-4 of a 1.5e-3 peak
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #49bed2eb
 def qat_schedule(
     step: int,  # 0-based step
     steps: int,  # total steps
     warmup: int = 0,  # linear warm-up steps (stage 1)
     stage2_frac: float = 0.5,  # fraction of steps in stage 2
 ) -> tuple[float, float]:
-    "(lr factor, weight-decay factor) at `step`: stage 1 cosine 1 -> 0.53 with decay on, stage 2 cosine 0.33 -> 0 with decay off."
+    "(lr factor, weight-decay factor) at `step`: stage 1 cosine 1 -> 0.53 with decay, stage 2 cosine 0.33 -> 0 without."
     if not 0 <= stage2_frac < 1:
         raise ConfigError(f"stage2_frac must be in [0, 1), got {stage2_frac}")
     s1 = steps - int(round(stage2_frac * steps))
@@ -375,48 +388,60 @@ def qat_schedule(
     t = (step - s1) / max(1, steps - s1)
     return STAGE2_START * 0.5 * (1 + math.cos(math.pi * t)), 0.0
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #eb5e9b90
-QAT_OPTIMIZERS = ("mugrokfast", "adamw")
+# %% ../../nbs/70_compress/00_bitnet.ipynb #00ac5513
+QAT_OPTIMIZERS = MethodRegistry("QAT optimizer")  # name -> builder(model, lr, weight_decay, **options)
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #d269337f
+@QAT_OPTIMIZERS.register(
+    "mugrokfast", paper="https://arxiv.org/abs/2405.20233 + https://kellerjordan.github.io/posts/muon/", options=True
+)
+def _mugrokfast(model, lr, weight_decay, **overrides):
+    "MuGrokfast preset 5: Muon + Grokfast, STE mode on the latent weights, any preset option overridable."
+    try:
+        from agent_forge.training.optim import MuGrokfast
+    except ImportError as e:
+        raise NotBuiltError(f"optimizer 'mugrokfast' needs agent_forge.training.optim ({e})") from e
+    return MuGrokfast.for_model(
+        model, preset=5, lr=lr, weight_decay=weight_decay, ste_weight_decay=weight_decay, **overrides
+    )
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #01e12f20
+@QAT_OPTIMIZERS.register("adamw", paper="https://arxiv.org/abs/1711.05101", options=False)
+def _adamw(model, lr, weight_decay):
+    "AdamW, betas (0.9, 0.95), weight decay on matrices only."
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            dict(params=[p for p in ps if p.ndim >= 2], weight_decay=weight_decay),
+            dict(params=[p for p in ps if p.ndim < 2], weight_decay=0.0),
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #17f8ff13
 def make_qat_optimizer(
     model: nn.Module,  # a converted model
-    optimizer: str,  # 'mugrokfast' or 'adamw'
+    optimizer: str,  # a key of `QAT_OPTIMIZERS`
     lr: float,  # peak lr
     weight_decay: float,  # stage-1 weight decay (matrices and latent weights)
-    **overrides,  # MuGrokfast options over preset 5, e.g. grokfast_lambda=0.0
+    **overrides,  # options of an optimizer flagged `options=True`, e.g. MuGrokfast's grokfast_lambda=0.0
 ) -> torch.optim.Optimizer:
     "The QAT optimizer, by name."
-    if optimizer == "mugrokfast":
-        try:
-            from agent_forge.training.optim import MuGrokfast
-        except ImportError as e:
-            raise NotBuiltError(f"optimizer 'mugrokfast' needs agent_forge.training.optim ({e})") from e
-        return MuGrokfast.for_model(
-            model, preset=5, lr=lr, weight_decay=weight_decay, ste_weight_decay=weight_decay, **overrides
-        )
-    if overrides:
-        raise ConfigError(f"options {sorted(overrides)} apply to 'mugrokfast' only")
-    if optimizer == "adamw":
-        ps = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(
-            [
-                dict(params=[p for p in ps if p.ndim >= 2], weight_decay=weight_decay),
-                dict(params=[p for p in ps if p.ndim < 2], weight_decay=0.0),
-            ],
-            lr=lr,
-            betas=(0.9, 0.95),
-        )
-    raise ConfigError(f"unknown QAT optimizer {optimizer!r}; known: {QAT_OPTIMIZERS}")
+    entry = QAT_OPTIMIZERS.get(optimizer)
+    if overrides and not entry.options:
+        only = ", ".join(repr(n) for n in QAT_OPTIMIZERS.names(options=True))
+        raise ConfigError(f"options {sorted(overrides)} apply to {only} only")
+    return entry.fn(model, lr, weight_decay, **overrides)
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #b1b50365
 def qat_train(
     model: nn.Module,  # converted model (BitLinear layers), trained in place
     batches: Callable[[int], torch.Tensor],  # step -> (B, T) token ids
     steps: int,  # optimizer steps
     lr: float = 1.5e-3,  # peak lr (higher than float training)
     weight_decay: float = 0.1,  # stage-1 weight decay
-    optimizer: str = "mugrokfast",  # 'mugrokfast' or 'adamw'
+    optimizer: str = "mugrokfast",  # a key of `QAT_OPTIMIZERS`
     warmup: int = 0,  # warm-up steps
     stage2_frac: float = 0.5,  # fraction of steps in stage 2 (no weight decay)
     grad_clip: float = 1.0,  # max grad norm (0: off)
@@ -474,10 +499,16 @@ def ternary_stats(model: nn.Module) -> dict:  # model with BitLinear or TernaryL
         raise ConfigError("model has no ternary layer")
     return dict(n_weights=n, frac_minus=neg / n, frac_zero=zero / n, frac_plus=(n - neg - zero) / n)
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #da210aa7
-PACKED_FORMAT, PACKED_VERSION, PACKED_FILE = "agent_forge.compress.bitnet.i2", "1", "bitnet.safetensors"
+# %% ../../nbs/70_compress/00_bitnet.ipynb #1d3133d2
+PACKED_FORMAT = "agent_forge.compress.bitnet.i2"  # the file's `format` metadata
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #e1514884
+PACKED_VERSION = "1"  # the file's `version` metadata; bump on any layout change
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #f8520c97
+PACKED_FILE = "bitnet.safetensors"  # the packed file's name inside the artifact directory
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #5c54cdc3
 def _dedup_state(model):
     "State dict with tied tensors kept once (first name wins), plus the aliases dropped."
     seen, out, alias = {}, {}, {}
@@ -490,19 +521,6 @@ def _dedup_state(model):
             seen[key] = k
         out[k] = v
     return out, alias
-
-
-def _content_sha256(tensors: dict, header: str) -> str:
-    h = hashlib.sha256(header.encode())
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _meta_text(meta: dict) -> str:
-    return "|".join(str(meta.get(k)) for k in ("format", "version", "layers"))
 
 
 def _ternary_modules(model):
@@ -532,6 +550,19 @@ def packed_tensors(model: nn.Module) -> tuple[dict, dict]:  # model with BitLine
             tensors[k] = v.detach().clone().contiguous()
     return {k: v.cpu() for k, v in tensors.items()}, layers
 
+# %% ../../nbs/70_compress/00_bitnet.ipynb #d5c9f0fb
+def _content_sha256(tensors: dict, header: str) -> str:
+    h = hashlib.sha256(header.encode())
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _meta_text(meta: dict) -> str:
+    return "|".join(str(meta.get(k)) for k in ("format", "version", "layers"))
+
 
 def save_packed(
     model: nn.Module,  # QAT model (BitLinear) or loaded packed model (TernaryLinear)
@@ -552,7 +583,7 @@ def save_packed(
         tokenizer.save_pretrained(out)
     return out
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #6f479d2b
+# %% ../../nbs/70_compress/00_bitnet.ipynb #8992a30d
 def _need(cond, f, msg):
     if not cond:
         raise IntegrityError(f"{f}: {msg}")
@@ -563,7 +594,7 @@ def load_packed(
     kernel: str = "int_mm",  # integer kernel for the ternary layers
     device: str = "cpu",  # where the model goes
 ) -> tuple[nn.Module, object]:
-    "Build the model from `config.json`, verify and unpack `bitnet.safetensors` into `TernaryLinear`s; returns (model, tokenizer)."
+    "Build the model of `config.json`, verify `bitnet.safetensors` and unpack it into `TernaryLinear`s: (model, tok)."
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     import agent_forge  # registers Cognate with the Auto classes
 

@@ -17,7 +17,7 @@ import torch
 from ..foundation.core import ConfigError, NotBuiltError
 from .bitnet import KERNELS, Kernel, quantize_weights, get_kernel
 
-# %% ../../nbs/70_compress/01_kernels.ipynb #cfa2f633
+# %% ../../nbs/70_compress/01_kernels.ipynb #126362cc
 C_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
@@ -115,7 +115,8 @@ static void tile_avx2(const uint8_t* w, int G, const int8_t* xq, int Kp, int M, 
       __m256i vl = _mm256_loadu_si256((const __m256i*)line), vh = _mm256_loadu_si256((const __m256i*)(line + 32));
       for (int cc = 0; cc < 4; cc++) {
         __m256i xb = _mm256_set1_epi32(q[g * 4 + cc]);
-        __m256i cl = _mm256_and_si256(_mm256_srli_epi16(vl, 2 * cc), m3), ch = _mm256_and_si256(_mm256_srli_epi16(vh, 2 * cc), m3);
+        __m256i cl = _mm256_and_si256(_mm256_srli_epi16(vl, 2 * cc), m3),
+                ch = _mm256_and_si256(_mm256_srli_epi16(vh, 2 * cc), m3);
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(cl, xb), one));
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(ch, xb), one));
       }
@@ -130,7 +131,9 @@ static void tile_avx2(const uint8_t* w, int G, const int8_t* xq, int Kp, int M, 
 int bitnet_best_path(void) {
 #ifdef __x86_64__
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) return 2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni"))
+    return 2;
   if (__builtin_cpu_supports("avx2")) return 1;
 #endif
   return 0;
@@ -170,15 +173,17 @@ int bitnet_linear(const float* x, int M, int K, const uint8_t* w, int N, float g
   return 0;
 }
 """
+
+# %% ../../nbs/70_compress/01_kernels.ipynb #8512aee8
 CFLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-std=gnu11"]
 
-# %% ../../nbs/70_compress/01_kernels.ipynb #707d8572
-_LIB = None
-
-
+# %% ../../nbs/70_compress/01_kernels.ipynb #e3978624
 def kernel_cache_dir() -> Path:
     "Where the compiled kernel is cached (env `AGENT_FORGE_KERNEL_CACHE` overrides)."
     return Path(os.environ.get("AGENT_FORGE_KERNEL_CACHE") or Path.home() / ".cache" / "agent_forge" / "kernels")
+
+# %% ../../nbs/70_compress/01_kernels.ipynb #3b23c758
+_LIB = None
 
 
 def build_kernel(force: bool = False) -> ctypes.CDLL:  # rebuild even if cached
@@ -212,10 +217,10 @@ def build_kernel(force: bool = False) -> ctypes.CDLL:  # rebuild even if cached
     _LIB = lib
     return lib
 
+# %% ../../nbs/70_compress/01_kernels.ipynb #ab33a62e
+PATHS = {2: "avx512_vnni", 1: "avx2", 0: "portable_c"}  # bitnet_best_path() code -> name
 
-PATHS = {2: "avx512_vnni", 1: "avx2", 0: "portable_c"}
-
-
+# %% ../../nbs/70_compress/01_kernels.ipynb #a4dba120
 def best_path() -> str:
     "The fastest code path this CPU supports: 'avx512_vnni', 'avx2' or 'portable_c'."
     return PATHS[build_kernel().bitnet_best_path()]
@@ -276,14 +281,16 @@ def packed_linear(
         raise RuntimeError(f"bitnet_linear failed with code {rc}")
     return y
 
-# %% ../../nbs/70_compress/01_kernels.ipynb #aac0991b
-KERNELS["packed"] = Kernel(
+# %% ../../nbs/70_compress/01_kernels.ipynb #d684379a
+_k = Kernel(
     "packed",
     _prepare,
     _weights,
     lambda h, p, gamma, bias, n: packed_linear(h, p, gamma, bias, out_features=n),
     "C kernel on 2-bit tiled weights: fused per-token int8 quantisation, AVX-512 VNNI / AVX2 / portable C",
 )
+# replace=True: re-running this cell in a session that already imported the module must not fail
+KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2410.16144", doc=_k.about, replace=True, bits=2)
 
 # %% ../../nbs/70_compress/01_kernels.ipynb #c29c4306
 def time_call(

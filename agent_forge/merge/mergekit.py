@@ -20,13 +20,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from ..foundation.core import ConfigError
+from ..foundation.methods import MethodRegistry
 from .methods import get_method, layer_of, rename_layer, count_layers
 
 # %% ../../nbs/40_merge/01_mergekit.ipynb #549b220d
 REQUIRED = object()
 
-
+# %% ../../nbs/40_merge/01_mergekit.ipynb #7d6bb79d
 def _gta_spec(normalize, rescale, **extra):
+    "Parameters of mergekit's generalized task arithmetic methods, with that method's defaults."
     return {
         "int8_mask": ("bool", "shared", False),
         "normalize": ("bool", "shared", normalize),
@@ -38,7 +40,8 @@ def _gta_spec(normalize, rescale, **extra):
     }
 
 
-MERGEKIT_METHODS = {
+MERGEKIT_METHODS = MethodRegistry("mergekit merge method")
+for _name, _params_spec in {
     "linear": {"weight": ("number", "input", REQUIRED), "normalize": ("bool", "shared", True)},
     "slerp": {"t": ("number", "shared", REQUIRED)},
     "task_arithmetic": _gta_spec(False, False),
@@ -47,23 +50,10 @@ MERGEKIT_METHODS = {
     "dare_linear": _gta_spec(False, True),
     "breadcrumbs": _gta_spec(False, False, gamma=("number", "non_base", 0.01)),
     "passthrough": {"scale": ("number", "input", None)},
-}
-_TOP_KEYS = {
-    "merge_method",
-    "base_model",
-    "models",
-    "slices",
-    "parameters",
-    "dtype",
-    "out_dtype",
-    "tokenizer_source",
-    "name",
-}
-_REFUSED = {
-    "modules": "modules: configs",
-    "tokenizer": "tokenizer: (vocabulary merging)",
-    "chat_template": "chat_template",
-}
+}.items():
+    MERGEKIT_METHODS.add(_name, get_method(_name).fn, get_method(_name).paper, params=_params_spec)
+
+# %% ../../nbs/40_merge/01_mergekit.ipynb #00b30f4f
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 # %% ../../nbs/40_merge/01_mergekit.ipynb #ec6a020c
@@ -125,7 +115,7 @@ class Source:
     layer_range: tuple[int, int] | None  # (start, end), end exclusive; None: all layers
     params: dict = field(default_factory=dict)  # model-level parameter settings
 
-
+# %% ../../nbs/40_merge/01_mergekit.ipynb #071b1cbe
 @dataclass
 class MergeConfig:
     "A parsed mergekit config."
@@ -139,6 +129,24 @@ class MergeConfig:
     source: str = ""  # the YAML text, kept for provenance
 
 # %% ../../nbs/40_merge/01_mergekit.ipynb #7eeb6b90
+_TOP_KEYS = {
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "name",
+}
+_REFUSED = {
+    "modules": "modules: configs",
+    "tokenizer": "tokenizer: (vocabulary merging)",
+    "chat_template": "chat_template",
+}
+
+
 def _checkpoint(p, where) -> Path:
     "A local checkpoint folder, or `ConfigError`."
     if not isinstance(p, str) or not p:
@@ -148,7 +156,8 @@ def _checkpoint(p, where) -> Path:
     d = Path(p).expanduser().resolve()
     if not (d / "config.json").is_file() or not any(d.glob("*.safetensors")):
         raise ConfigError(
-            f"{where}: {p!r} is not a local Hugging Face checkpoint with config.json and *.safetensors (hub downloads are not supported)"
+            f"{where}: {p!r} is not a local Hugging Face checkpoint with config.json and *.safetensors"
+            " (hub downloads are not supported)"
         )
     return d
 
@@ -238,7 +247,7 @@ def parse_merge_config(
                 raise ConfigError(f"{where}: all sources of a slice must span the same number of layers")
             sbase = _checkpoint(sl["base_model"], f"{where}.base_model") if sl.get("base_model") is not None else None
             slices.append((srcs, sbase, _params(sl.get("parameters"), where)))
-    spec = MERGEKIT_METHODS[method]
+    spec = MERGEKIT_METHODS.get(method).params
     for where, p in (
         [(f"{name}: parameters", params)]
         + [(f"{name}: slice/model parameters", s.params) for sl in slices for s in sl[0]]
@@ -249,7 +258,7 @@ def parse_merge_config(
             raise ConfigError(f"{where}: {method} has no parameter(s) {bad}; it takes {sorted(spec)}")
     return MergeConfig(method, slices, base, params, raw.get("dtype"), raw.get("out_dtype"), text)
 
-
+# %% ../../nbs/40_merge/01_mergekit.ipynb #246aa5c9
 def read_merge_config(path: str | Path) -> MergeConfig:  # a mergekit YAML file
     "Read and validate a mergekit YAML file."
     p = Path(path)
@@ -277,7 +286,7 @@ def load_checkpoint(
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     return cfg, sd
 
-
+# %% ../../nbs/40_merge/01_mergekit.ipynb #1ffcc31f
 _TOKENIZER_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -336,7 +345,7 @@ def _resolver(spec_item, name, settings, t_of, where):
 
 def _merge_group(cfg, srcs, base_path, slice_params, sds, seed, t_of, where):
     "Merge one group of renamed source state dicts with the config's method."
-    spec, method = MERGEKIT_METHODS[cfg.method], get_method(cfg.method)
+    spec, method = MERGEKIT_METHODS.get(cfg.method).params, get_method(cfg.method)
     paths = [s.path for s in srcs]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"{where}: a model appears twice among the inputs")
@@ -417,7 +426,8 @@ def merge_from_config(
                 raise ConfigError(f"layer_range {list(s.layer_range)} exceeds the {n} layers of {s.path}")
         if len({s.layer_range[1] - s.layer_range[0] for s in srcs}) != 1:
             raise ConfigError(
-                f"models with different numbers of layers cannot be merged with {cfg.method}: {[s.path.name for s in srcs]}"
+                f"models with different numbers of layers cannot be merged with {cfg.method}: "
+                f"{[s.path.name for s in srcs]}"
             )
     out, n_out, src_layers = {}, 0, []
     first, last = cfg.slices[0], cfg.slices[-1]
@@ -459,7 +469,7 @@ def merge_from_config(
     )
     return {k: out[k] for k in order}, config, donor
 
-
+# %% ../../nbs/40_merge/01_mergekit.ipynb #8f4361a8
 def run_merge_yaml(
     config_path: str | Path,  # a mergekit YAML file
     out_dir: str | Path,  # output folder (created; must be empty if it exists)

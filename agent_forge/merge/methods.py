@@ -8,20 +8,20 @@ Docs: https://agent-forge.github.io/agent-forge/40_merge/methods.html.md"""
 # %% ../../nbs/40_merge/00_methods.ipynb #823a052b
 from __future__ import annotations
 import copy, inspect, math, re, zlib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 # %% auto #0
 __all__ = ['MERGE_METHODS', 'DFS_PAPER', 'layer_of', 'rename_layer', 'count_layers', 'check_compatible', 'per_model',
            'linear_tensor', 'slerp_tensor', 'top_k_mask', 'trim_magnitude', 'trim_outliers', 'drop_random',
-           'combine_deltas', 'linear', 'slerp', 'task_arithmetic', 'ties', 'dare_linear', 'dare_ties', 'breadcrumbs',
-           'passthrough', 'passthrough_layers', 'fit_config', 'MergeMethod', 'get_method', 'merge', 'model_state',
-           'load_state', 'dfs_crossings', 'attach_dfs', 'dfs_merge']
+           'combine_deltas', 'linear', 'slerp', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs',
+           'passthrough', 'passthrough_layers', 'fit_config', 'get_method', 'merge', 'model_state', 'load_state',
+           'dfs_crossings', 'attach_dfs', 'dfs_merge']
 
-# %% ../../nbs/40_merge/00_methods.ipynb #5028bd6f
+# %% ../../nbs/40_merge/00_methods.ipynb #1f75273c
 import torch
 from torch import nn
 from ..foundation.core import ConfigError
+from ..foundation.methods import MethodRegistry
 
 # %% ../../nbs/40_merge/00_methods.ipynb #b54e4e34
 _LAYER_RE = re.compile(r"^(.*?\blayers\.)(\d+)(\..+)$")
@@ -32,7 +32,7 @@ def layer_of(key: str) -> int | None:  # a parameter name such as `model.layers.
     m = _LAYER_RE.match(key)
     return int(m.group(2)) if m else None
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #8403b743
 def rename_layer(key: str, i: int) -> str:  # a layer parameter name  # the new layer index
     "`key` moved to layer `i`."
     m = _LAYER_RE.match(key)
@@ -40,7 +40,7 @@ def rename_layer(key: str, i: int) -> str:  # a layer parameter name  # the new 
         raise ConfigError(f"{key!r} is not a layer parameter")
     return f"{m.group(1)}{i}{m.group(3)}"
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #afbe43cf
 def count_layers(sd: dict) -> int:  # a state dict
     "Number of transformer layers in `sd`; their indices must run 0..n-1."
     idx = {layer_of(k) for k in sd} - {None}
@@ -146,17 +146,6 @@ def slerp_tensor(
     return (ca * a + cb * b).reshape(v0.shape)
 
 # %% ../../nbs/40_merge/00_methods.ipynb #f99b9eb7
-def _rescale(delta, kept, how, density):
-    if how in (None, False, "none"):
-        return kept
-    if how == "inverse":
-        return kept / density if density > 0 else kept
-    if how == "l1":
-        before, after = delta.abs().sum(), kept.abs().sum()
-        return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
-    raise ConfigError(f"rescale must be 'inverse', 'l1' or None, got {how!r}")
-
-
 def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:  # 1-D magnitudes  # how many to select
     "Boolean mask of exactly `k` largest entries of `mag` (ties at the threshold: lowest indices first)."
     n = mag.numel()
@@ -170,6 +159,17 @@ def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:  # 1-D magnitudes  # 
     if need > 0:
         mask[(mag == thr).nonzero().squeeze(1)[:need]] = True
     return mask
+
+# %% ../../nbs/40_merge/00_methods.ipynb #c6b22b98
+def _rescale(delta, kept, how, density):
+    if how in (None, False, "none"):
+        return kept
+    if how == "inverse":
+        return kept / density if density > 0 else kept
+    if how == "l1":
+        before, after = delta.abs().sum(), kept.abs().sum()
+        return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
+    raise ConfigError(f"rescale must be 'inverse', 'l1' or None, got {how!r}")
 
 
 def trim_magnitude(
@@ -186,7 +186,7 @@ def trim_magnitude(
     mask = top_k_mask(delta.abs().reshape(-1).float(), k).reshape(delta.shape)
     return _rescale(delta, delta * mask, rescale, density)
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #4c547d12
 def trim_outliers(
     delta: torch.Tensor,  # a task-vector tensor
     density: float,  # fraction of entries kept
@@ -203,7 +203,7 @@ def trim_outliers(
     mask = top_k_mask(mag, n - bottom) & ~top_k_mask(mag, n - bottom - keep)  # ranks bottom .. bottom+keep-1 from below
     return _rescale(delta, delta * mask.reshape(delta.shape), rescale, density)
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #b9bfcc40
 def drop_random(
     delta: torch.Tensor,  # a task-vector tensor
     density: float,  # survival probability (1 - DARE's drop rate p)
@@ -277,7 +277,11 @@ def _generator(seed, key, i, device):
     s = (int(seed) * 1_000_003 + zlib.crc32(key.encode()) * 131 + i) % (2**63 - 1)
     return torch.Generator(device=device).manual_seed(s)
 
+# %% ../../nbs/40_merge/00_methods.ipynb #a498ac7a
+MERGE_METHODS = MethodRegistry("merge method")
+
 # %% ../../nbs/40_merge/00_methods.ipynb #6eb82aec
+@MERGE_METHODS.register("linear", paper="https://arxiv.org/abs/2203.05482", needs_base=False, ga=True)
 def linear(
     models: list[dict],  # state dicts to average
     base: dict | None = None,  # must be None: list every input among `models`
@@ -294,7 +298,8 @@ def linear(
         ),
     )
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #2e1949a4
+@MERGE_METHODS.register("slerp", paper="https://doi.org/10.1145/325165.325242", needs_base=True, ga=False)
 def slerp(
     models: list[dict],  # exactly one state dict besides the base
     base: dict,  # the start point (t=0)
@@ -375,6 +380,7 @@ def _global_thresholds(models, base, density):
     return out
 
 # %% ../../nbs/40_merge/00_methods.ipynb #a8160ca7
+@MERGE_METHODS.register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs_base=True, ga=True)
 def task_arithmetic(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -395,7 +401,8 @@ def task_arithmetic(
         lam=lam,
     )
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #f8a973ea
+@MERGE_METHODS.register("ties", paper="https://arxiv.org/abs/2306.01708", needs_base=True, ga=True)
 def ties(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -421,33 +428,9 @@ def ties(
         trim=trim,
     )
 
-
-def dare_linear(
-    models: list[dict],  # fine-tuned state dicts
-    base: dict,  # the common pre-trained model
-    weights=None,  # one weight per model (default 1)
-    density=1.0,  # survival probability 1 - p of each task-vector entry
-    seed: int = 0,  # seed of the drop masks
-    rescale: str | None = "inverse",  # 'inverse' (paper), 'l1' (mergekit) or None
-    lam: float = 1.0,  # scale of the merged task vector
-    normalize: bool = False,  # divide by the sum of weights
-) -> dict:
-    "DARE: randomly drop task-vector entries, rescale the survivors, then task arithmetic."
-    return _gta(
-        models,
-        base,
-        "dare_linear",
-        weights=weights,
-        density=density,
-        sparsify="random",
-        consensus=None,
-        normalize=normalize,
-        lam=lam,
-        rescale=rescale,
-        seed=seed,
-    )
-
-
+# %% ../../nbs/40_merge/00_methods.ipynb #08be0e94
+# registered before dare_linear: the GA's method list (`MERGE_METHODS.names(ga=True)`) keeps this order
+@MERGE_METHODS.register("dare_ties", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True)
 def dare_ties(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -473,7 +456,35 @@ def dare_ties(
         seed=seed,
     )
 
+# %% ../../nbs/40_merge/00_methods.ipynb #4ccd1ef3
+@MERGE_METHODS.register("dare_linear", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True)
+def dare_linear(
+    models: list[dict],  # fine-tuned state dicts
+    base: dict,  # the common pre-trained model
+    weights=None,  # one weight per model (default 1)
+    density=1.0,  # survival probability 1 - p of each task-vector entry
+    seed: int = 0,  # seed of the drop masks
+    rescale: str | None = "inverse",  # 'inverse' (paper), 'l1' (mergekit) or None
+    lam: float = 1.0,  # scale of the merged task vector
+    normalize: bool = False,  # divide by the sum of weights
+) -> dict:
+    "DARE: randomly drop task-vector entries, rescale the survivors, then task arithmetic."
+    return _gta(
+        models,
+        base,
+        "dare_linear",
+        weights=weights,
+        density=density,
+        sparsify="random",
+        consensus=None,
+        normalize=normalize,
+        lam=lam,
+        rescale=rescale,
+        seed=seed,
+    )
 
+# %% ../../nbs/40_merge/00_methods.ipynb #ceb63e3a
+@MERGE_METHODS.register("breadcrumbs", paper="https://arxiv.org/abs/2312.06795", needs_base=True, ga=True)
 def breadcrumbs(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -505,6 +516,8 @@ def _non_layer_role(key):
     return "pre" if "embed" in key else "post"
 
 
+@MERGE_METHODS.register("frankenmerge", paper="https://arxiv.org/abs/2312.15166", needs_base=False, ga=False)
+@MERGE_METHODS.register("passthrough", paper="https://arxiv.org/abs/2312.15166", needs_base=False, ga=False)
 def passthrough(
     models: list[dict],  # state dicts the slices refer to by index
     base: dict | None = None,  # must be None
@@ -568,12 +581,12 @@ def passthrough(
             put(out, k, v, scales[-1])
     return out
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #52d0c8c1
 def passthrough_layers(slices: Sequence[tuple[int, int, int]]) -> list[int]:  # the passthrough slices
     "Source layer index of every output layer of a passthrough merge."
     return [l for _, a, b in slices for l in range(a, b)]
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #cc8e5e0f
 def fit_config(
     config: dict,  # a Hugging Face config as a dict (config.json)
     src_layers: Sequence[int],  # source layer index of every output layer
@@ -591,35 +604,11 @@ def fit_config(
     return out
 
 # %% ../../nbs/40_merge/00_methods.ipynb #3b4251d0
-@dataclass(frozen=True)
-class MergeMethod:
-    "A registered merge operator."
+def get_method(name: str):  # a name registered in `MERGE_METHODS`
+    "The registered merge method `name` (a `Method`); `ConfigError` listing the valid names otherwise."
+    return MERGE_METHODS.get(name)
 
-    fn: Callable  # fn(models, base=None, **params) -> state dict
-    paper: str  # where the method is defined
-    needs_base: bool  # whether a base model is required
-
-
-MERGE_METHODS = {
-    "linear": MergeMethod(linear, "https://arxiv.org/abs/2203.05482", False),
-    "slerp": MergeMethod(slerp, "https://doi.org/10.1145/325165.325242", True),
-    "task_arithmetic": MergeMethod(task_arithmetic, "https://arxiv.org/abs/2212.04089", True),
-    "ties": MergeMethod(ties, "https://arxiv.org/abs/2306.01708", True),
-    "dare_linear": MergeMethod(dare_linear, "https://arxiv.org/abs/2311.03099", True),
-    "dare_ties": MergeMethod(dare_ties, "https://arxiv.org/abs/2311.03099", True),
-    "breadcrumbs": MergeMethod(breadcrumbs, "https://arxiv.org/abs/2312.06795", True),
-    "passthrough": MergeMethod(passthrough, "https://arxiv.org/abs/2312.15166", False),
-    "frankenmerge": MergeMethod(passthrough, "https://arxiv.org/abs/2312.15166", False),
-}
-
-
-def get_method(name: str) -> MergeMethod:  # a key of `MERGE_METHODS`
-    "The registered merge method `name`."
-    if name not in MERGE_METHODS:
-        raise ConfigError(f"unknown merge method {name!r}; choose from {', '.join(MERGE_METHODS)}")
-    return MERGE_METHODS[name]
-
-
+# %% ../../nbs/40_merge/00_methods.ipynb #a76a28b0
 def merge(
     name: str,  # registered method name
     models: list[dict],  # input state dicts
@@ -646,7 +635,7 @@ def model_state(model: nn.Module) -> dict:  # any torch module
         out[k] = v.detach()
     return out
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #a36e939c
 def load_state(
     model: nn.Module,  # the model to overwrite in place
     sd: dict,  # a state dict with the model's keys (tied aliases may be absent)
@@ -663,7 +652,7 @@ def load_state(
 # %% ../../nbs/40_merge/00_methods.ipynb #28031a27
 DFS_PAPER = "https://arxiv.org/abs/2403.13187"
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #461d3416
 def dfs_crossings(
     path: Sequence[tuple[int, int]], io_parent: int = 0  # (parent, layer) per step  # parent supplying the embeddings
 ) -> list[int]:
@@ -675,7 +664,7 @@ def dfs_crossings(
         prev = p
     return out
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #882a1c07
 def _scale_input(module, args, kwargs):
     "Forward pre-hook: multiply the incoming hidden state by the layer's `dfs_in_scale`."
     if args:
@@ -697,7 +686,7 @@ def attach_dfs(model: nn.Module) -> nn.Module:  # a causal LM whose config carri
         layer.register_forward_pre_hook(_scale_input, with_kwargs=True)
     return model
 
-
+# %% ../../nbs/40_merge/00_methods.ipynb #b659495d
 def dfs_merge(
     parents: Sequence[nn.Module],  # Hugging Face causal LMs with `model.layers` of one width
     path: Sequence[tuple[int, int]],  # (parent, layer) per step, in execution order

@@ -100,7 +100,7 @@ def _bench(a):
 
 def _merge(a):
     try:
-        from agent_forge.merge.methods.mergekit import run_merge_yaml
+        from agent_forge.merge.mergekit import run_merge_yaml
     except ModuleNotFoundError as e:
         if e.name == "agent_forge.merge.mergekit":
             raise NotBuiltError("agent-forge merge needs agent_forge.merge.mergekit, which is not built yet") from None

@@ -10,7 +10,7 @@ import html, re, shutil, subprocess, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['quarto_options', 'front_matter', 'prepare_page', 'build_static_docs', 'build_docs']
+__all__ = ['quarto_options', 'front_matter', 'prepare_page', 'page_name', 'site_index', 'build_static_docs', 'build_docs']
 
 # %% ../../nbs/80_runs/04_docs.ipynb #eca8c8a2
 import nbformat
@@ -65,6 +65,30 @@ def prepare_page(nb) -> tuple:
     nb.cells = cells
     return nb, title, desc, str(fm.get("output-file", "")).removesuffix(".html")
 
+# %% ../../nbs/80_runs/04_docs.ipynb #82533ce4
+def page_name(
+    rel: Path,  # the notebook's path below nbs/, e.g. 40_merge/00_methods.ipynb
+    output_file: str = "",  # the front matter's output-file, if any
+) -> str:
+    "Site path of a notebook's page, as nbdev names it: its folder, then the module name without its number."
+    rel = Path(rel)
+    stem = output_file or re.sub(r"^\d+_", "", rel.stem)
+    return (rel.parent / stem).as_posix() if rel.parent != Path(".") else stem
+
+
+def site_index(pages: list) -> str:  # (page name, title, description) per page
+    "The index's page list in Markdown, one section per folder, in folder order."
+    out, folder = [], None
+    for name, title, desc in pages:
+        f = name.rpartition("/")[0]
+        if f != folder:
+            folder = f
+            label = re.sub(r"^\d+_", "", f) or "top"
+            out.append(f"\n### {label}\n")
+        out.append(f"- [{title}]({name}.html) ([md]({name}.md)): {desc}")
+    return "\n".join(out).strip()
+
+
 # %% ../../nbs/80_runs/04_docs.ipynb #c1669ddc
 def _exporters():
     "HTML and Markdown exporters that honour the remove_* tags."
@@ -85,7 +109,7 @@ def build_static_docs(
     file_glob: str = "",  # only notebooks matching this glob (default: all)
     log=print,
 ) -> Path:
-    "Process `nbs/*.ipynb` with nbdev and write an HTML + Markdown page per notebook and an index; return `out`."
+    "Process `nbs/**/*.ipynb` with nbdev; write an HTML + Markdown page per notebook and a folder index; return `out`."
     from nbdev.config import get_config
     from nbdev.serve import proc_nbs
 
@@ -100,7 +124,10 @@ def build_static_docs(
             f"nbdev could not process the notebooks: {lines[0].rstrip(' :')} -> {lines[-1]}"
             " (nbdev runs every cell that imports something; keep test code out of import cells)"
         ) from None
-    srcs = sorted(p for p in Path(cfg.nbs_path).glob(file_glob or "*.ipynb") if not p.name.startswith((".", "_")))
+    nbs = Path(cfg.nbs_path)
+    srcs = sorted(
+        p for p in nbs.rglob(file_glob or "*.ipynb") if not any(x.startswith((".", "_")) for x in p.relative_to(nbs).parts)
+    )
     if not srcs:
         raise AgentForgeError(f"no notebooks in {cfg.nbs_path} match {file_glob or '*.ipynb'!r}")
     html_x, md_x = _exporters()
@@ -112,23 +139,25 @@ def build_static_docs(
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text("made by agent-forge docs; its pages are replaced on every full build\n")
     if not file_glob:  # a full build replaces every page, so pages of deleted notebooks do not linger
-        for f in [*out.glob("*.html"), *out.glob("*.md")]:
+        for f in [*out.rglob("*.html"), *out.rglob("*.md")]:
             f.unlink()
     pages, index_nb = [], None
     for src in srcs:
-        nb = nbformat.read(Path(cache) / src.name, as_version=4)
+        rel = src.relative_to(nbs)
+        nb = nbformat.read(Path(cache) / rel, as_version=4)
         nb, title, desc, name = prepare_page(nb)
-        name = name or re.sub(r"^\d+_", "", src.stem)
+        name = page_name(rel, name)
         if name == "index":
             index_nb = nb
             continue
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.html").write_text(
             html_x.from_notebook_node(nb, resources={"metadata": {"name": title or name}})[0]
         )
         (out / f"{name}.md").write_text(md_x.from_notebook_node(nb)[0])
         pages.append((name, title or name, desc))
         log(f"docs: {name}.html")
-    listing = "\n".join(f"- [{t}]({n}.html) ([md]({n}.md)): {d}" for n, t, d in pages)
+    listing = site_index(pages)
     index_nb = index_nb or nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {cfg.lib_name}")])
     index_nb.cells.append(nbformat.v4.new_markdown_cell("## Pages\n\n" + listing))
     (out / "index.html").write_text(

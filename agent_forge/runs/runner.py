@@ -11,9 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RESERVED', 'KERNEL', 'parse_phases', 'discover_pipelines', 'phase_name', 'notebook_parameters', 'parse_param',
-           'check_kernel', 'default_run_id', 'plan_run', 'execute_plan', 'phase_verified', 'resume_index',
-           'run_pipeline', 'list_runs', 'run_status']
+__all__ = ['RESERVED', 'KERNEL', 'INJECTED', 'parse_phases', 'discover_pipelines', 'phase_name', 'notebook_parameters',
+           'parse_param', 'check_kernel', 'default_run_id', 'plan_run', 'execute_plan', 'phase_verified',
+           'resume_index', 'run_pipeline', 'list_runs', 'run_status']
 
 # %% ../../nbs/80_runs/01_runner.ipynb #b9281277
 import nbformat
@@ -26,7 +26,7 @@ from agent_forge.foundation.core import (
     project_root,
     wandb_env,
 )
-from ..foundation.config import get_preset, phase_params
+from ..foundation.config import PHASES, get_phase, get_preset, phase_config, phase_params
 from .registry import Registry
 
 # %% ../../nbs/80_runs/01_runner.ipynb #79af2da2
@@ -41,8 +41,7 @@ def parse_phases(spec: str) -> list[int]:  # e.g. '1-8', '1,3', '2'
         if a > b:
             raise ConfigError(f"malformed phase range {part.strip()!r}: start after end")
         for n in (a, b):
-            if not 1 <= n <= 8:
-                raise ConfigError(f"unknown phase {n}: phases are 1-8")
+            get_phase(n)
         out.update(range(a, b + 1))
     return sorted(out)
 
@@ -55,7 +54,7 @@ def discover_pipelines(root: Path | None = None) -> dict:  # project root (defau
     found = {}
     for f in sorted(d.glob("[0-9][0-9]_*.ipynb")):
         n = int(f.name[:2])
-        if not 1 <= n <= 8:
+        if n not in {p.number for p in PHASES}:
             continue
         if n in found:
             raise ConfigError(f"two notebooks for phase {n}: {found[n].name} and {f.name}")
@@ -98,10 +97,11 @@ def parse_param(item: str) -> tuple:  # 'KEY=VALUE'
     "Split and type one `--param` override."
     key, eq, raw = str(item).partition("=")
     key = key.strip()
-    if not eq or not key.isidentifier():
-        raise ConfigError(f"malformed parameter {item!r}: use KEY=VALUE with KEY a Python name")
-    if key in RESERVED:
-        raise ConfigError(f"parameter {key!r} is set with {RESERVED[key]}, not --param")
+    num, dot, name = key.partition(".")
+    if not eq or not (key.isidentifier() or (dot and num.isdigit() and name.isidentifier())):
+        raise ConfigError(f"malformed parameter {item!r}: use KEY=VALUE or N.KEY=VALUE with KEY a Python name")
+    if (name if dot else key) in RESERVED:
+        raise ConfigError(f"parameter {key!r} is set with {RESERVED[name if dot else key]}, not --param")
     try:
         v = json.loads(raw)
     except ValueError:
@@ -133,6 +133,31 @@ def default_run_id(runs_dir: Path) -> str:
         i += 1
         rid = f"{base}-{i}"
     return rid
+
+# %% ../../nbs/80_runs/01_runner.ipynb #73e4164c
+INJECTED = ("run_id", "run_dir", "preset", "seed")
+
+
+def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: dict, log=print) -> dict:
+    "A phase notebook's parameters: its typed config under `preset` and `overrides`, validated."
+    ph = get_phase(n)
+    knobs = {k: v for k, v in overrides.items() if k not in INJECTED}
+    if ph.config is None or nb.name != ph.notebook:
+        log(f"note: {nb.name} is not phase {n}'s registered notebook ({ph.notebook}): no typed config checks its parameters")
+        p = phase_params(preset, n) if ph.config is not None and nb.name == ph.notebook else {}
+        return {**p, **knobs}
+    fields = set(ph.config().params())
+    have = set(declared) - set(INJECTED)
+    if have != fields:
+        raise ConfigError(
+            f"{nb.name}: its parameters cell and {ph.config.__name__} differ: "
+            f"only in the notebook: {sorted(have - fields)}, only in the config: {sorted(fields - have)}"
+        )
+    try:
+        return phase_config(preset, n, knobs).params()
+    except ConfigError as e:
+        raise ConfigError(f"phase {n} ({ph.name}): {e}") from None
+
 
 # %% ../../nbs/80_runs/01_runner.ipynb #cc152f3c
 def plan_run(
@@ -167,9 +192,13 @@ def plan_run(
     declared = {n: notebook_parameters(nbs[n]) for n in chain}
     overrides = dict(parse_param(p) for p in params)
     for k in overrides:
-        if not any(k in d for d in declared.values()):
+        num, dot, name = k.partition(".")
+        if dot and (int(num) not in chain or name not in declared[int(num)]):
+            raise ConfigError(f"malformed parameter {k!r}: phase {num} is not selected or does not define {name!r}")
+        if not dot and not any(k in d for d in declared.values()):
             raise ConfigError(
-                f"malformed parameter {k!r}: no selected phase notebook ({', '.join(nbs[n].name for n in chain)}) defines it in its parameters cell"
+                f"malformed parameter {k!r}: no selected phase notebook "
+                f"({', '.join(nbs[n].name for n in chain)}) defines it in its parameters cell"
             )
     runs_dir = Path(runs_dir or root / "runs").resolve()
     if resume:
@@ -198,13 +227,11 @@ def plan_run(
     run_dir = runs_dir / run_id
     steps = []
     for n in chain:
-        undeclared = sorted(set(phase_params(preset, n)) - set(declared[n]))
-        if undeclared:
-            log(
-                f"note: {nbs[n].name} does not declare preset parameter{'s' if len(undeclared) > 1 else ''} {', '.join(undeclared)}; injected anyway"
-            )
-        p = dict(run_id=run_id, run_dir=str(run_dir), preset=preset, seed=seed, **phase_params(preset, n))
-        p.update({k: v for k, v in overrides.items() if k in declared[n]})
+        mine = {k: v for k, v in overrides.items() if "." not in k and k in declared[n]}
+        mine.update({k.partition(".")[2]: v for k, v in overrides.items() if k.partition(".")[0] == str(n)})
+        p = dict(run_id=run_id, run_dir=str(run_dir), preset=preset, seed=seed)
+        p.update(_phase_parameters(n, nbs[n], declared[n], preset, mine, log))
+        p.update({k: v for k, v in mine.items() if k in INJECTED})
         steps.append(
             dict(
                 phase=n,
