@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-lib test-py test-pipelines docs bench clean-smoke
+.PHONY: install run test test-lib test-py docs bench
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,9 +28,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/agent-forge run --preset $(PRESET) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-## Every test: library notebooks (nbdev-test), pytest, and the phase notebooks under nbval.
+## Every test: the library notebooks (nbdev-test) and pytest, which also runs every phase notebook at smoke size
+## through the real runner (tests/test_pipeline_e2e.py).
 test: install
-	@$(MAKE) --no-print-directory test-lib test-py test-pipelines
+	@$(MAKE) --no-print-directory test-lib test-py
 
 test-lib:
 	$(BIN)/nbdev-test --n-workers 2 --timing
@@ -38,13 +39,6 @@ test-lib:
 test-py:
 	@$(BIN)/pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests in tests/: that is a failure here"; exit 1; fi; exit $$rc
-
-test-pipelines: clean-smoke
-	@$(BIN)/pytest -q --nbval-lax --nbval-kernel-name agent-forge --nbval-cell-timeout 1200 -p no:cacheprovider pipelines; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "nbval collected no phase notebooks in pipelines/: that is a failure here"; exit 1; fi; exit $$rc
-
-clean-smoke:
-	rm -rf runs/nbval-smoke
 
 docs: install
 	$(BIN)/agent-forge docs

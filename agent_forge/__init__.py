@@ -7,7 +7,8 @@ Modules:
 - `agent_forge.merge.mergekit`: Read mergekit's YAML merge configs and run them on local Hugging Face checkpoints with `agent_forge.merge.methods`, writing a Hugging Face checkpoint.
 - `agent_forge.merge.methods`: Model-merging operators on state dicts (linear, SLERP, task arithmetic, TIES, DARE, Breadcrumbs, passthrough) and data-flow-space layer routing (DFS), each registered by name with its paper.
 - `agent_forge.runs.report`: What every phase notebook starts with, and the tables it shows: `start_phase` opens the run folder, tracking, registry, seed and timer from the notebook's parameters; `Table` formats measured numbers.
-- `agent_forge.training.optim`: Gradient filters that amplify slow gradients (Grokfast), Newton-Schulz orthogonalised momentum (Muon), and the optimizer that combines them with AdamW for the parameters Muon is not meant for."""
+- `agent_forge.training.optim`: Gradient filters that amplify slow gradients (Grokfast), Newton-Schulz orthogonalised momentum (Muon), and the optimizer that combines them with AdamW for the parameters Muon is not meant for.
+- `agent_forge.training.train`: One loop for every phase that trains a language model: Hugging Face `accelerate` for devices, a warm-up + cosine schedule the optimizer really reads, gradient clipping, a compact progress line, and offline wandb logging into the run folder."""
 
 __version__ = "0.1.0"
 

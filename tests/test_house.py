@@ -1,7 +1,8 @@
 """The house rules that cross notebooks: phase notebooks' parameters cells are the tiny preset with a comment on
 every knob, `--param` is validated before anything runs, library lines stay within 120 characters with no `;`
 joining statements, and the built wheel carries every subpackage."""
-import io, os, subprocess, sys, tokenize, zipfile
+
+import ast, io, os, subprocess, sys, tokenize, zipfile
 from pathlib import Path
 
 import nbformat
@@ -21,19 +22,40 @@ def test_parameters_cell_is_the_tiny_config(ph):
     declared = notebook_parameters(nb)
     test = {k: v for k, v in declared.items() if k not in INJECTED}
     assert test == ph.config().params()  # defaults equal the tiny preset, no knob missing or extra
-    src = nbformat.read(nb, as_version=4).cells[0].source if nbformat.read(nb, as_version=4).cells[0].cell_type == "code" \
+    src = (
+        nbformat.read(nb, as_version=4).cells[0].source
+        if nbformat.read(nb, as_version=4).cells[0].cell_type == "code"
         else next(c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code").source
+    )
     assert src.strip() == parameters_source(ph.config)  # so every knob carries its config comment
     assert all("  # " in line for line in src.strip().splitlines())
 
 
 def test_param_of_wrong_type_fails_before_anything_runs(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "AGENT_FORGE_HOME": str(ROOT)}
-    r = subprocess.run([CLI, "run", "--preset", "tiny", "--phases", "1", "--runs-dir", str(tmp_path / "runs"),
-                        "--param", "trunk_steps=abc"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--preset",
+            "tiny",
+            "--phases",
+            "1",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--param",
+            "trunk_steps=abc",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == ("error: phase 1 (cognate): CognatePhaseConfig.trunk_steps must be int, "
-                                "got 'abc' (str)")
+    assert r.stderr.strip() == (
+        "error: phase 1 (cognate): CognatePhaseConfig.trunk_steps must be int, " "got 'abc' (str)"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -41,11 +63,27 @@ def _lib_files():
     return sorted(p for p in (ROOT / "agent_forge").rglob("*.py") if p.name != "_modidx.py")
 
 
+def _generated_lines(text):
+    "Line numbers of `__all__`, which nbdev writes itself (it wraps the list at 120, then prefixes `__all__ = `)."
+    import ast
+
+    tree, out = ast.parse(text), set()
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets):
+            out.update(range(n.lineno, n.end_lineno + 1))
+    return out
+
+
 def test_library_lines_and_statements():
     long, semi = [], []
     for p in _lib_files():
         text = p.read_text()
-        long += [f"{p.relative_to(ROOT)}:{i}" for i, l in enumerate(text.splitlines(), 1) if len(l) > 120]
+        skip = _generated_lines(text)
+        if p == ROOT / "agent_forge" / "__init__.py":  # nbdev writes the package docstring from the module summaries
+            skip |= set(range(1, len(ast.get_docstring(ast.parse(text), clean=False).splitlines()) + 2))
+        long += [
+            f"{p.relative_to(ROOT)}:{i}" for i, l in enumerate(text.splitlines(), 1) if len(l) > 120 and i not in skip
+        ]
         toks = tokenize.generate_tokens(io.StringIO(text).readline)
         semi += [f"{p.relative_to(ROOT)}:{t.start[0]}" for t in toks if t.type == tokenize.OP and t.string == ";"]
     assert long == [], f"lines over 120 characters: {long}"
@@ -53,8 +91,23 @@ def test_library_lines_and_statements():
 
 
 def test_wheel_has_every_subpackage(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     whl = next(tmp_path.glob("agent_forge-*.whl"))
     names = set(zipfile.ZipFile(whl).namelist())

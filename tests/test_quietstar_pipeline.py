@@ -5,6 +5,7 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
+from conftest import SMOKE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,13 @@ def make_phase1_run(run, preset):
 
 
 def run_phase3(run, out, preset="tiny"):
-    "Execute the phase notebook at its smoke-size defaults."
+    "Execute the phase notebook at smoke size (its parameters cell holds the tiny preset)."
     os.environ.setdefault("WANDB_MODE", "offline")
     pm.execute_notebook(
         str(ROOT / "pipelines" / "03_quietstar.ipynb"),
         str(out),
         kernel_name="agent-forge",
-        parameters=dict(run_id="qs", run_dir=str(run), preset=preset),
+        parameters=dict(run_id="qs", run_dir=str(run), preset=preset, **SMOKE[3]),
         cwd=str(ROOT),
         progress_bar=False,
     )

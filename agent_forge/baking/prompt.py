@@ -1,4 +1,4 @@
-"""Turn a prompt into weights: a LoRA student that never sees the prompt learns to match a frozen teacher that does (arXiv 2409.13697).
+"""Turn a prompt into weights: a LoRA student without the prompt matches a frozen teacher with it (arXiv 2409.13697).
 
 Docs: https://agent-forge.github.io/agent-forge/50_baking/prompt.html.md"""
 

@@ -126,7 +126,7 @@ class Kernel(NamedTuple):
 # %% ../../nbs/70_compress/00_bitnet.ipynb #ea341d7a
 KERNELS = MethodRegistry("ternary kernel")  # name -> Kernel; flag bits: bits per weight held in memory
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #f7b653b2
+# %% ../../nbs/70_compress/00_bitnet.ipynb #3f762414
 _int8 = lambda w_q: w_q.to(torch.int8).contiguous()
 
 
@@ -145,8 +145,9 @@ _k = Kernel(
     "per-token int8 activations x int8-held ternary weights through torch._int_mm",
 )
 KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2402.17764", doc=_k.about, bits=8)
+del _k
 
-# %% ../../nbs/70_compress/00_bitnet.ipynb #8824a2ae
+# %% ../../nbs/70_compress/00_bitnet.ipynb #324b5a48
 def _fp64_linear(h, w, gamma, bias, n_out):
     x_q, s = quantize_activations(h)
     acc = x_q.double() @ w.double().t()  # (M, N) integers, exact in float64 (|acc| <= 128 K << 2^53)
@@ -162,6 +163,7 @@ _k = Kernel(
     "the same integer product computed exactly in float64; any device (GPUs where _int_mm's shape rules bite)",
 )
 KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2402.17764", doc=_k.about, bits=8)
+del _k
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #d1e821e9
 def get_kernel(name: str) -> Kernel:  # a key of `KERNELS`

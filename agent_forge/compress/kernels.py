@@ -236,7 +236,10 @@ def _prepare(w_q: torch.Tensor) -> torch.Tensor:  # (N, K) int8 ternary
     return (c[..., 0] | (c[..., 1] << 2) | (c[..., 2] << 4) | (c[..., 3] << 6)).contiguous()
 
 
-def _weights(p: torch.Tensor, shape: tuple) -> torch.Tensor:  # from `_prepare`  # (N, K)
+def _weights(
+    p: torch.Tensor,  # from `_prepare`
+    shape: tuple,  # (N, K)
+) -> torch.Tensor:
     "The (N, K) int8 ternary weights stored in a `_prepare` layout."
     RB, G = p.shape[:2]
     c = torch.stack([(p >> k) & 3 for k in (0, 2, 4, 6)], -1)  # (rb, g, i, b, c)
@@ -281,7 +284,7 @@ def packed_linear(
         raise RuntimeError(f"bitnet_linear failed with code {rc}")
     return y
 
-# %% ../../nbs/70_compress/01_kernels.ipynb #d684379a
+# %% ../../nbs/70_compress/01_kernels.ipynb #f93326d8
 _k = Kernel(
     "packed",
     _prepare,
@@ -291,6 +294,7 @@ _k = Kernel(
 )
 # replace=True: re-running this cell in a session that already imported the module must not fail
 KERNELS.add(_k.name, _k, "https://arxiv.org/abs/2410.16144", doc=_k.about, replace=True, bits=2)
+del _k
 
 # %% ../../nbs/70_compress/01_kernels.ipynb #c29c4306
 def time_call(

@@ -71,6 +71,17 @@ class PhaseConfig:
         for n in names:
             self._require(0 <= getattr(self, n) <= 1, f"{n} must be in [0, 1], got {getattr(self, n)!r}")
 
+    def _choice(self, name, module, table, values=None):
+        # the registries live in the modules that define the methods; they import this one, so look them up lazily
+        import importlib
+
+        reg = getattr(importlib.import_module(module), table)
+        for v in values if values is not None else [getattr(self, name)]:
+            if v not in reg:
+                raise ConfigError(
+                    f"{type(self).__name__}.{name}: unknown {reg.kind} {v!r}; choose one of {', '.join(reg)}"
+                )
+
 # %% ../../nbs/00_foundation/02_config.ipynb #c667bbd6
 @dataclass
 class CognatePhaseConfig(PhaseConfig):
@@ -92,7 +103,7 @@ class CognatePhaseConfig(PhaseConfig):
         self._positive("seq_len", "batch_size", "trunk_steps", "specialist_steps", "lr", "train_tokens_per_domain")
         self._positive("tokenizer_chars", "eval_windows", "task_eval_examples")
         self._fraction("general_mix")
-        self._require(self.optimizer in ("adamw", "mugrokfast"), f"unknown optimizer {self.optimizer!r}")
+        self._choice("optimizer", "agent_forge.training.train", "OPTIMIZERS")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #39647fc9
 @dataclass
@@ -120,8 +131,11 @@ class EvoMergePhaseConfig(PhaseConfig):
 
     def validate(self):
         self._require(self.search in ("ga", "cma"), f"search must be 'ga' or 'cma', got {self.search!r}")
+        self._choice("methods", "agent_forge.merge.methods", "MERGE_METHODS", self.methods.split(","))
+        self._choice("cma_method", "agent_forge.merge.methods", "MERGE_METHODS")
         self._positive("population", "generations", "seq_len", "eval_batch", "patience", "latency_reps")
-        self._require(self.eval_windows >= 2, f"eval_windows must be >= 2 (search and gate halves), got {self.eval_windows}")
+        halves = f"eval_windows must be >= 2 (search and gate halves), got {self.eval_windows}"
+        self._require(self.eval_windows >= 2, halves)
         self._require(0 <= self.elite < self.population, f"elite must be in [0, population), got {self.elite}")
         self._require(self.task_examples >= 0, f"task_examples must be >= 0, got {self.task_examples}")
         for w in ("w_perplexity", "w_accuracy", "w_speed", "w_memory", "diversity_floor"):
@@ -198,8 +212,10 @@ class BitNetPhaseConfig(PhaseConfig):
         self._positive("seq_len", "batch_size", "qat_steps", "qat_lr", "train_tokens_per_domain", "calib_windows")
         self._positive("eval_windows", "task_eval_examples", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
         self._fraction("qat_stage2_frac")
-        self._require(self.qat_optimizer in ("mugrokfast", "adamw"), f"unknown qat_optimizer {self.qat_optimizer!r}")
-        self._require(self.max_ppl_increase >= 0, f"max_ppl_increase must be >= 0, got {self.max_ppl_increase}")
+        self._choice("qat_optimizer", "agent_forge.compress.bitnet", "QAT_OPTIMIZERS")
+        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+        # a negative limit demands an improvement; below -1 no perplexity could pass
+        self._require(self.max_ppl_increase >= -1, f"max_ppl_increase must be >= -1, got {self.max_ppl_increase}")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #c9e6308c
 MUGROKFAST_PRESETS = {
@@ -307,7 +323,7 @@ def phase_config(
         raise ConfigError(f"phase {phase} ({ph.name}) is not built yet: it has no config")
     return ph.config.from_params({**get_preset(preset).get(phase, {}), **(overrides or {})})
 
-
+# %% ../../nbs/00_foundation/02_config.ipynb #56d6e397
 def phase_params(preset: str, phase: int) -> dict:  # 'tiny' or 'full'; a phase number
     "The flat parameters a preset gives phase notebook `phase` (empty if the phase is not built)."
     return phase_config(preset, phase).params() if get_phase(phase).config is not None else {}
@@ -334,7 +350,7 @@ def field_comments(cls: type) -> dict:  # a config dataclass
             out[line_names[tok.start[0]]] = tok.string.lstrip("# ").strip()
     return {f.name: out.get(f.name, "") for f in dataclasses.fields(cls)}
 
-
+# %% ../../nbs/00_foundation/02_config.ipynb #7732ba6e
 def parameters_source(cls: type) -> str:  # a config dataclass
     "The source of a phase notebook's `parameters` cell: injected names, then every field with its comment."
     lines = [f"{k} = {v}  # {doc}" for k, (v, doc) in _INJECTED_DOCS.items()]

@@ -22,14 +22,14 @@ import cma
 import numpy as np
 import torch
 from ..foundation.core import ConfigError, timed
-from .methods import get_method, layer_of, count_layers, load_state, model_state
+from .methods import MERGE_METHODS, get_method, layer_of, count_layers, load_state, model_state
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #394c52ee
 def recipe_hash(recipe: dict) -> str:  # a JSON-serialisable recipe
     "Stable short hash of a recipe (canonical JSON, sha256)."
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #a35714e8
 def merge_recipe(
     recipe: dict,  # {"method", "params", optional "layer_params"}
     parents: Sequence[dict],  # the parents' state dicts
@@ -61,7 +61,7 @@ def model_bytes(model: torch.nn.Module) -> int:  # any module
         total += s.nbytes()
     return total
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #4f526699
 @torch.no_grad()
 def measure(
     model: torch.nn.Module,  # the candidate, already holding its weights
@@ -96,7 +96,7 @@ def measure(
 # %% ../../nbs/40_merge/02_evomerge.ipynb #d7d050b1
 FITNESS_WEIGHTS = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #01d7b9ce
 def check_weights(weights: dict) -> dict:  # {term: weight}
     "Validate fitness weights: known terms, non-negative, not all zero."
     bad = sorted(set(weights) - set(FITNESS_WEIGHTS))
@@ -107,8 +107,11 @@ def check_weights(weights: dict) -> dict:  # {term: weight}
         raise ConfigError(f"fitness weights must be non-negative and not all zero, got {w}")
     return w
 
-
-def fitness_terms(m: dict, ref: dict) -> dict:  # a `measure` result  # the reference model's `measure` result
+# %% ../../nbs/40_merge/02_evomerge.ipynb #6ef0167f
+def fitness_terms(
+    m: dict,  # a `measure` result
+    ref: dict,  # the reference model's `measure` result
+) -> dict:
     "Each fitness term, 1.0 meaning as good as the reference (accuracy: the accuracy itself)."
     t = {"perplexity": ref["ppl"] / m["ppl"]}
     if m.get("accuracy") is not None:
@@ -119,7 +122,7 @@ def fitness_terms(m: dict, ref: dict) -> dict:  # a `measure` result  # the refe
         t["memory"] = ref["memory_bytes"] / m["memory_bytes"]
     return t
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #ddad085f
 def fitness(m: dict, ref: dict, weights: dict = FITNESS_WEIGHTS) -> float:
     "Weighted sum of the fitness terms; a term with weight > 0 must have been measured."
     terms, w = fitness_terms(m, ref), check_weights(weights)
@@ -194,7 +197,8 @@ def _load_state(path: Path, kind: str, settings: dict) -> dict | None:
         raise ConfigError(f"search state {p} is not valid JSON ({e}); delete it to start over") from None
     if state.get("kind") != kind or state.get("settings") != settings:
         raise ConfigError(
-            f"search state {p} was written by a different search or settings; delete it or rerun with the same settings"
+            f"search state {p} was written by a different search or settings;"
+            " delete it or rerun with the same settings"
         )
     return state
 
@@ -211,9 +215,9 @@ def _cached_eval(state, evaluate, recipe):
     return state["cache"][h]
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #c53d663b
-GA_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs")
+GA_METHODS = tuple(MERGE_METHODS.names(ga=True))
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #9bd900f2
 @dataclass
 class GAConfig:
     "Settings of the genetic algorithm."
@@ -272,14 +276,14 @@ def decode_genome(genome: dict, cfg: GAConfig, n_parents: int, seed: int = 0) ->
         p["seed"] = seed
     return {"method": m, "params": p}
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #2286e008
 def genome_distance(a: dict, b: dict) -> float:
     "0.5 if the methods differ, plus half the mean absolute gene difference: in [0, 1]."
     return 0.5 * (a["method"] != b["method"]) + 0.5 * float(
         np.mean(np.abs(np.array(a["genes"]) - np.array(b["genes"])))
     )
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #2dd3b9c1
 def diversity(pop: Sequence[dict]) -> float:
     "Mean pairwise genome distance of a population."
     pairs = [(i, j) for i in range(len(pop)) for j in range(i + 1, len(pop))]
@@ -412,7 +416,8 @@ def ga_search(
         _save_state(state_path, state)
         if log:
             log(
-                f"gen {h['generation']:>3}  best {h['best']:.4f}  mean {h['mean']:.4f}  diversity {h['diversity']:.3f}  "
+                f"gen {h['generation']:>3}  best {h['best']:.4f}  mean {h['mean']:.4f}  "
+                f"diversity {h['diversity']:.3f}  "
                 f"evals {h['evaluations']}  cache hits {h['cache_hits']}"
                 + (f"  re-seeded {h['reseeded']}" if h["reseeded"] else "")
             )
@@ -440,14 +445,14 @@ class CMAConfig:
             tuple(self.density_range),
             tuple(self.lam_range),
         )
-        if self.method not in ("ties", "dare_ties", "dare_linear", "breadcrumbs", "task_arithmetic"):
+        if self.method not in MERGE_METHODS.names(task_vector=True):
             raise ConfigError(f"CMA-ES method must be a task-vector method, got {self.method!r}")
         if self.popsize < 2 or self.generations < 1 or self.sigma0 <= 0:
             raise ConfigError("CMA-ES needs popsize >= 2, generations >= 1, sigma0 > 0")
         if not 0 < self.density_range[0] <= self.density_range[1] <= 1:
             raise ConfigError(f"density_range must lie in (0, 1], got {self.density_range}")
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #bc8489cf
 def decode_layers(
     x: Sequence[float], cfg: CMAConfig, n_parents: int, n_layers: int, seed: int = 0  # genome in [0, 1]
 ) -> dict:
@@ -463,13 +468,13 @@ def decode_layers(
         p["seed"] = seed
     return {"method": cfg.method, "params": p, "layer_params": lp}
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #e8187e74
 def cma_dim(cfg: CMAConfig, n_parents: int, n_layers: int) -> int:
     "Genome length of the CMA-ES search."
     k = (n_layers + 1) * n_parents
     return (k if cfg.method == "task_arithmetic" else 2 * k) + 1
 
-
+# %% ../../nbs/40_merge/02_evomerge.ipynb #9497c3ff
 class _NumpyGlobal:
     "Run a block with NumPy's global generator in a saved state; save its new state; restore the caller's."
 
@@ -580,6 +585,7 @@ def cma_search(
         _save_state(state_path, state)
         if log:
             log(
-                f"gen {h['generation']:>3}  best {h['best']:.4f}  mean {h['mean']:.4f}  spread {div:.3f}  sigma {h['sigma']:.3f}  evals {h['evaluations']}"
+                f"gen {h['generation']:>3}  best {h['best']:.4f}  mean {h['mean']:.4f}  spread {div:.3f}  "
+                f"sigma {h['sigma']:.3f}  evals {h['evaluations']}"
             )
     return state

@@ -171,7 +171,8 @@ def _params(p, where) -> dict:
 
 
 def parse_merge_config(
-    text: str, name: str = "merge config"  # YAML text of a mergekit config  # label for errors (e.g. the file name)
+    text: str,  # YAML text of a mergekit config
+    name: str = "merge config",  # label for errors (e.g. the file name)
 ) -> MergeConfig:
     "Validate a mergekit YAML config and return it as a `MergeConfig`."
     try:
@@ -268,7 +269,8 @@ def read_merge_config(path: str | Path) -> MergeConfig:  # a mergekit YAML file
 
 # %% ../../nbs/40_merge/01_mergekit.ipynb #95aa04fc
 def load_checkpoint(
-    path: Path, dtype: torch.dtype | None = None  # a local checkpoint folder  # cast floating tensors to this dtype
+    path: Path,  # a local checkpoint folder
+    dtype: torch.dtype | None = None,  # cast floating tensors to this dtype
 ) -> tuple[dict, dict]:
     "(config.json as a dict, state dict) of a local safetensors checkpoint."
     path = Path(path)
@@ -406,7 +408,8 @@ def _out_config(donor: dict, layers: list) -> dict:
 
 
 def merge_from_config(
-    cfg: MergeConfig, seed: int = 0  # a parsed config  # seed of random methods (DARE)
+    cfg: MergeConfig,  # a parsed config
+    seed: int = 0,  # seed of random methods (DARE)
 ) -> tuple[dict, dict, Path]:
     "Run a parsed config in memory: (merged state dict, output config.json dict, donor checkpoint)."
     dt = DTYPES[cfg.dtype] if cfg.dtype else None

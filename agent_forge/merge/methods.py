@@ -33,7 +33,10 @@ def layer_of(key: str) -> int | None:  # a parameter name such as `model.layers.
     return int(m.group(2)) if m else None
 
 # %% ../../nbs/40_merge/00_methods.ipynb #8403b743
-def rename_layer(key: str, i: int) -> str:  # a layer parameter name  # the new layer index
+def rename_layer(
+    key: str,  # a layer parameter name
+    i: int,  # the new layer index
+) -> str:
     "`key` moved to layer `i`."
     m = _LAYER_RE.match(key)
     if m is None:
@@ -146,7 +149,10 @@ def slerp_tensor(
     return (ca * a + cb * b).reshape(v0.shape)
 
 # %% ../../nbs/40_merge/00_methods.ipynb #f99b9eb7
-def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:  # 1-D magnitudes  # how many to select
+def top_k_mask(
+    mag: torch.Tensor,  # 1-D magnitudes
+    k: int,  # how many to select
+) -> torch.Tensor:
     "Boolean mask of exactly `k` largest entries of `mag` (ties at the threshold: lowest indices first)."
     n = mag.numel()
     if k >= n:
@@ -380,7 +386,9 @@ def _global_thresholds(models, base, density):
     return out
 
 # %% ../../nbs/40_merge/00_methods.ipynb #a8160ca7
-@MERGE_METHODS.register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs_base=True, ga=True)
+@MERGE_METHODS.register(
+    "task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs_base=True, ga=True, task_vector=True
+)
 def task_arithmetic(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -402,7 +410,7 @@ def task_arithmetic(
     )
 
 # %% ../../nbs/40_merge/00_methods.ipynb #f8a973ea
-@MERGE_METHODS.register("ties", paper="https://arxiv.org/abs/2306.01708", needs_base=True, ga=True)
+@MERGE_METHODS.register("ties", paper="https://arxiv.org/abs/2306.01708", needs_base=True, ga=True, task_vector=True)
 def ties(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -430,7 +438,9 @@ def ties(
 
 # %% ../../nbs/40_merge/00_methods.ipynb #08be0e94
 # registered before dare_linear: the GA's method list (`MERGE_METHODS.names(ga=True)`) keeps this order
-@MERGE_METHODS.register("dare_ties", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True)
+@MERGE_METHODS.register(
+    "dare_ties", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True, task_vector=True
+)
 def dare_ties(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -457,7 +467,9 @@ def dare_ties(
     )
 
 # %% ../../nbs/40_merge/00_methods.ipynb #4ccd1ef3
-@MERGE_METHODS.register("dare_linear", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True)
+@MERGE_METHODS.register(
+    "dare_linear", paper="https://arxiv.org/abs/2311.03099", needs_base=True, ga=True, task_vector=True
+)
 def dare_linear(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -484,7 +496,9 @@ def dare_linear(
     )
 
 # %% ../../nbs/40_merge/00_methods.ipynb #ceb63e3a
-@MERGE_METHODS.register("breadcrumbs", paper="https://arxiv.org/abs/2312.06795", needs_base=True, ga=True)
+@MERGE_METHODS.register(
+    "breadcrumbs", paper="https://arxiv.org/abs/2312.06795", needs_base=True, ga=True, task_vector=True
+)
 def breadcrumbs(
     models: list[dict],  # fine-tuned state dicts
     base: dict,  # the common pre-trained model
@@ -654,7 +668,8 @@ DFS_PAPER = "https://arxiv.org/abs/2403.13187"
 
 # %% ../../nbs/40_merge/00_methods.ipynb #461d3416
 def dfs_crossings(
-    path: Sequence[tuple[int, int]], io_parent: int = 0  # (parent, layer) per step  # parent supplying the embeddings
+    path: Sequence[tuple[int, int]],  # (parent, layer) per step
+    io_parent: int = 0,  # parent supplying the embeddings
 ) -> list[int]:
     "Steps whose input hidden state comes from a different parent."
     out, prev = [], io_parent

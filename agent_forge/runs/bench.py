@@ -1,4 +1,4 @@
-"""Measured training and inference throughput, peak memory and optimizer step cost of the preset models on the current device.
+"""Measured training and inference throughput, peak memory and optimizer step cost of the preset models.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/bench.html.md"""
 
@@ -208,7 +208,7 @@ def bench_presets(
         out.append(bench_preset(n, device, **kwargs))
     return out
 
-
+# %% ../../nbs/80_runs/03_bench.ipynb #fa69dc32
 def format_bench(rows: list) -> str:
     "The bench results as a text table with the memory method as a footnote."
     hdr = [

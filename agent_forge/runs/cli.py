@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         "--param",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="override a phase notebook parameter (JSON scalar or string)",
+        metavar="[N.]KEY=VALUE",
+        help="override a phase notebook parameter (JSON scalar or string); N.KEY=VALUE sets it for phase N only",
     )
     r.add_argument("--runs-dir", type=Path, help="folder of run folders (default: <project>/runs)")
     r.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")

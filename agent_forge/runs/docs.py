@@ -1,4 +1,4 @@
-"""Build the documentation site from the library notebooks: with Quarto when it is installed, otherwise a static HTML and Markdown site.
+"""Build the docs site from the library notebooks: Quarto when installed, else static HTML and Markdown.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/docs.html.md"""
 
@@ -29,7 +29,7 @@ def quarto_options(source: str) -> tuple:
         i += 1
     return opts, "\n".join(lines[i:])
 
-
+# %% ../../nbs/80_runs/04_docs.ipynb #8c4f746c
 def front_matter(nb) -> dict:
     "The YAML front matter nbdev puts in a raw first cell (empty if none)."
     import yaml
@@ -75,7 +75,7 @@ def page_name(
     stem = output_file or re.sub(r"^\d+_", "", rel.stem)
     return (rel.parent / stem).as_posix() if rel.parent != Path(".") else stem
 
-
+# %% ../../nbs/80_runs/04_docs.ipynb #46bd7dba
 def site_index(pages: list) -> str:  # (page name, title, description) per page
     "The index's page list in Markdown, one section per folder, in folder order."
     out, folder = [], None
@@ -87,7 +87,6 @@ def site_index(pages: list) -> str:  # (page name, title, description) per page
             out.append(f"\n### {label}\n")
         out.append(f"- [{title}]({name}.html) ([md]({name}.md)): {desc}")
     return "\n".join(out).strip()
-
 
 # %% ../../nbs/80_runs/04_docs.ipynb #c1669ddc
 def _exporters():
@@ -126,7 +125,9 @@ def build_static_docs(
         ) from None
     nbs = Path(cfg.nbs_path)
     srcs = sorted(
-        p for p in nbs.rglob(file_glob or "*.ipynb") if not any(x.startswith((".", "_")) for x in p.relative_to(nbs).parts)
+        p
+        for p in nbs.rglob(file_glob or "*.ipynb")
+        if not any(x.startswith((".", "_")) for x in p.relative_to(nbs).parts)
     )
     if not srcs:
         raise AgentForgeError(f"no notebooks in {cfg.nbs_path} match {file_glob or '*.ipynb'!r}")

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE INDEX IF NOT EXISTS artifacts_lookup ON artifacts(run_id, phase, name, state);
 """
 PHASE_STATUSES = ("running", "done", "failed", "gate_failed", "manual")
+
+# %% ../../nbs/80_runs/00_registry.ipynb #41b1b33b
 MANIFEST = "manifest.json"
 
 
@@ -152,7 +154,8 @@ def ensure_run(
         else:
             if (old["preset"], old["seed"]) != (preset, int(seed)):
                 raise ConfigError(
-                    f"run {run_id!r} was created with preset {old['preset']!r} seed {old['seed']}, not preset {preset!r} seed {seed}"
+                    f"run {run_id!r} was created with preset {old['preset']!r} seed {old['seed']}, "
+                    f"not preset {preset!r} seed {seed}"
                 )
             if params is not None:
                 c.execute("UPDATE runs SET params=?, updated=? WHERE run_id=?", (p, _now(), run_id))
@@ -194,7 +197,8 @@ def start_phase(
             """INSERT INTO phases (run_id, phase, name, notebook, status, started, finished, wall_s, metrics, error)
                      VALUES (?,?,?,?, 'running', ?, NULL, NULL, '{}', NULL)
                      ON CONFLICT(run_id, phase) DO UPDATE SET name=excluded.name, notebook=excluded.notebook,
-                     status='running', started=excluded.started, finished=NULL, wall_s=NULL, metrics='{}', error=NULL""",
+                     status='running', started=excluded.started, finished=NULL, wall_s=NULL, metrics='{}',
+                     error=NULL""",
             (run_id, phase, name, str(notebook), _now()),
         )
     return self.get_phase(run_id, phase)
@@ -466,7 +470,8 @@ def load_model_artifact(
     pickled = sorted(f for f in r["files"] if Path(f).suffix in _PICKLE_SUFFIXES)
     if pickled or not any(f.endswith(".safetensors") for f in r["files"]):
         raise IntegrityError(
-            f"artifact {r['id']} ({r['name']}): model weights must be safetensors; found {pickled or 'no .safetensors file'} (pickle is never loaded)"
+            f"artifact {r['id']} ({r['name']}): model weights must be safetensors; "
+            f"found {pickled or 'no .safetensors file'} (pickle is never loaded)"
         )
     import agent_forge  # registers the Agent Forge model classes with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,4 +1,4 @@
-"""Execute the phase notebooks of `pipelines/` in order with papermill, record every phase in the registry, and resume a stopped run.
+"""Execute the phase notebooks in order with papermill, record each phase in the registry, and resume a stopped run.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/runner.html.md"""
 
@@ -61,12 +61,12 @@ def discover_pipelines(root: Path | None = None) -> dict:  # project root (defau
         found[n] = f
     return found
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #4d397b4d
 def phase_name(nb: Path) -> str:
     "The phase's name from its notebook file name, e.g. 'cognate' for 01_cognate.ipynb."
     return Path(nb).stem[3:]
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #02e2b625
 def notebook_parameters(nb: Path) -> dict:
     "Names and default values assigned in the notebook's `parameters` cell (non-literal defaults: None)."
     cells = [c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
@@ -92,7 +92,7 @@ def notebook_parameters(nb: Path) -> dict:
 # %% ../../nbs/80_runs/01_runner.ipynb #cec343f7
 RESERVED = {"run_id": "--run-id", "run_dir": "--runs-dir", "preset": "--preset"}
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #4e04065f
 def parse_param(item: str) -> tuple:  # 'KEY=VALUE'
     "Split and type one `--param` override."
     key, eq, raw = str(item).partition("=")
@@ -111,7 +111,7 @@ def parse_param(item: str) -> tuple:  # 'KEY=VALUE'
 # %% ../../nbs/80_runs/01_runner.ipynb #89cc619e
 KERNEL = "agent-forge"
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #8793acb2
 def check_kernel(name: str = KERNEL):
     "Raise `AgentForgeError` with the install command if Jupyter kernel `name` is missing."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -120,11 +120,12 @@ def check_kernel(name: str = KERNEL):
         KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
         raise AgentForgeError(
-            f"Jupyter kernel {name!r} is not installed; install it with: python -m ipykernel install --sys-prefix --name {name}"
+            f"Jupyter kernel {name!r} is not installed; install it with: "
+            f"python -m ipykernel install --sys-prefix --name {name}"
             f" (using this environment's python, {sys.executable})"
         ) from None
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #885bcd2d
 def default_run_id(runs_dir: Path) -> str:
     "A timestamp run id not yet used in `runs_dir`."
     base = datetime.now().strftime("run-%Y%m%d-%H%M%S")
@@ -143,7 +144,10 @@ def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: 
     ph = get_phase(n)
     knobs = {k: v for k, v in overrides.items() if k not in INJECTED}
     if ph.config is None or nb.name != ph.notebook:
-        log(f"note: {nb.name} is not phase {n}'s registered notebook ({ph.notebook}): no typed config checks its parameters")
+        log(
+            f"note: {nb.name} is not phase {n}'s registered notebook ({ph.notebook}): "
+            "no typed config checks its parameters"
+        )
         p = phase_params(preset, n) if ph.config is not None and nb.name == ph.notebook else {}
         return {**p, **knobs}
     fields = set(ph.config().params())
@@ -157,7 +161,6 @@ def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: 
         return phase_config(preset, n, knobs).params()
     except ConfigError as e:
         raise ConfigError(f"phase {n} ({ph.name}): {e}") from None
-
 
 # %% ../../nbs/80_runs/01_runner.ipynb #cc152f3c
 def plan_run(
@@ -184,7 +187,8 @@ def plan_run(
     missing = [n for n in selected if n not in nbs]
     if missing:
         log(
-            f"note: no notebook yet for phase{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; left out of the chain"
+            f"note: no notebook yet for phase{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
+            "left out of the chain"
         )
     chain = [n for n in selected if n in nbs]
     if not chain:
@@ -265,7 +269,7 @@ class _UnknownParamFilter(logging.Filter):
 
 
 def _kernel_manager(log_path: Path):
-    "A kernel manager class whose kernel process writes its own stdout/stderr (kernel logging, C-level warnings) to `log_path`."
+    "A kernel manager class whose kernel process writes its stdout/stderr (logging, C-level warnings) to `log_path`."
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
@@ -376,7 +380,7 @@ def phase_verified(reg: Registry, run_id: str, phase: int) -> str | None:
             return str(e)
     return None
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #0a51ec30
 def resume_index(reg: Registry, plan: dict, log=print) -> int:
     "Index in `plan['steps']` of the first phase to rerun."
     for i, s in enumerate(plan["steps"]):
@@ -402,7 +406,8 @@ def run_pipeline(
     "Plan and execute a run (see `plan_run` and `execute_plan`); the CLI's `agent-forge run`."
     plan = plan_run(preset, phases, run_id, resume, params, runs_dir, root, kernel, log)
     log(
-        f"run {plan['run_id']} ({plan['preset']}): phases {', '.join(str(s['phase']) for s in plan['steps'])} -> {plan['run_dir']}"
+        f"run {plan['run_id']} ({plan['preset']}): "
+        f"phases {', '.join(str(s['phase']) for s in plan['steps'])} -> {plan['run_dir']}"
     )
     return execute_plan(plan, progress, log)
 
@@ -431,9 +436,10 @@ def list_runs(runs_dir: Path) -> list:
                 )
     return sorted(out, key=lambda r: r["created"])
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #1cd59bae
 def run_status(
-    runs_dir: Path, run_id: str | None = None  # folder of run folders  # a run, or None for the list of runs
+    runs_dir: Path,  # folder of run folders
+    run_id: str | None = None,  # a run, or None for the list of runs
 ) -> str:
     "Text report of the runs in `runs_dir`, or of run `run_id`."
     runs_dir = Path(runs_dir)
@@ -458,7 +464,10 @@ def run_status(
         for p in reg.list_phases(run_id):
             wall = f"{p['wall_s']:.1f} s" if p["wall_s"] is not None else "-"
             rows.append(
-                f"phase {p['phase']} ({p['name']}): {p['status']}, started {p['started']}, {wall}  {_fmt_metrics(p['metrics'])}".rstrip()
+                (
+                    f"phase {p['phase']} ({p['name']}): {p['status']}, started {p['started']}, {wall}  "
+                    f"{_fmt_metrics(p['metrics'])}"
+                ).rstrip()
             )
             if p["error"]:
                 rows.append(f"  error: {' '.join(p['error'].split())}")
@@ -471,6 +480,9 @@ def run_status(
                 except IntegrityError as e:
                     ok = f"NOT VERIFIED: {e}"
                 rows.append(
-                    f"  artifact {a['id']} {a['name']} ({a['kind']}, {len(a['files'])} files) {a['path']}: {ok}  {_fmt_metrics(a['metrics'])}".rstrip()
+                    (
+                        f"  artifact {a['id']} {a['name']} ({a['kind']}, {len(a['files'])} files) {a['path']}: {ok}  "
+                        f"{_fmt_metrics(a['metrics'])}"
+                    ).rstrip()
                 )
     return "\n".join(rows)
