@@ -121,7 +121,7 @@ def fit_lm(
 # %% ../../nbs/50_baking/00_prompt.ipynb #06707ae1
 LORA_CANDIDATES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
+# %% ../../nbs/50_baking/00_prompt.ipynb #4bfb7de7
 def lora_targets(
     model: nn.Module,  # the model to adapt
     candidates: tuple = LORA_CANDIDATES,  # leaf names that may be adapted

@@ -26,6 +26,8 @@ from ..foundation.methods import MethodRegistry
 
 # %% ../../nbs/30_training/00_optim.ipynb #920e8ad6
 OPTIM_METHODS = MethodRegistry("optimizer method")
+
+# %% ../../nbs/30_training/00_optim.ipynb #101651a0
 OPTIMIZERS = OPTIM_METHODS  # the old name of this table
 
 # %% ../../nbs/30_training/00_optim.ipynb #95078a44
@@ -163,6 +165,8 @@ class Grokfast:
 
 # %% ../../nbs/30_training/00_optim.ipynb #3c6cedb8
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's (a, b, c)
+
+# %% ../../nbs/30_training/00_optim.ipynb #e68772db
 _NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -339,7 +343,7 @@ def kl_regulariser(
 # %% ../../nbs/30_training/00_optim.ipynb #84ccb0ed
 HEAD_NAMES = ("lm_head", "head", "embed_out", "output")
 
-
+# %% ../../nbs/30_training/00_optim.ipynb #085b8e93
 def route_params(
     model: nn.Module,  # the model to optimise
     head_names: tuple = HEAD_NAMES,  # output-layer module names, used when there is no get_output_embeddings
