@@ -117,3 +117,28 @@ def test_wheel_has_every_subpackage(tmp_path):
         assert f"{s}/__init__.py" in names, f"{s} missing from the wheel"
     for p in _lib_files():
         assert p.relative_to(ROOT).as_posix() in names, f"{p} missing from the wheel"
+
+
+def _import_cells_with_code():
+    "Notebook cells that hold an import and other code: nbdev's doc build executes every cell holding an import."
+    import json
+
+    bad = []
+    for nb in sorted((ROOT / "nbs").rglob("*.ipynb")):
+        for i, c in enumerate(json.loads(nb.read_text())["cells"]):
+            src = "".join(c["source"])
+            if c["cell_type"] != "code" or src.startswith(("#| export", "#| exporti")):
+                continue
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                continue
+            imports = any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
+            if imports and not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
+                bad.append(f"{nb.relative_to(ROOT)} cell {i}")
+    return bad
+
+
+def test_imports_in_their_own_cells():
+    bad = _import_cells_with_code()
+    assert bad == [], f"cells mixing imports with other code (the docs build would execute them): {bad}"
