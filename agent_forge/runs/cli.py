@@ -14,6 +14,8 @@ __all__ = ['main']
 
 # %% ../../nbs/80_runs/02_cli.ipynb #7abe6c0c
 from ..foundation.core import AgentForgeError, ConfigError, NotBuiltError, project_root
+from .runner import ALL_PHASES
+
 
 # %% ../../nbs/80_runs/02_cli.ipynb #06303f84
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,bench,merge,docs}")
     r = sub.add_parser("run", help="execute phase notebooks with papermill into runs/<run-id>/")
     r.add_argument("--preset", help="tiny or full (a resumed run keeps its own)")
-    r.add_argument("--phases", default="1-8", help="N, N-M or a comma list (default 1-8)")
+    r.add_argument("--phases", default=ALL_PHASES, help=f"N, N-M or a comma list (default {ALL_PHASES}, every phase)")
     r.add_argument("--run-id", help="run folder name (default: run-<timestamp>)")
     r.add_argument("--resume", action="store_true", help="continue --run-id from its first phase not done and verified")
     r.add_argument(

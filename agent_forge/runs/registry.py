@@ -16,6 +16,8 @@ __all__ = ['PHASE_STATUSES', 'MANIFEST', 'Registry', 'save_model_artifact', 'loa
 
 # %% ../../nbs/80_runs/00_registry.ipynb #e6f97881
 from ..foundation.core import patch, AgentForgeError, ConfigError, IntegrityError, validate_name, sha256_file
+from ..foundation.config import PHASES
+
 
 # %% ../../nbs/80_runs/00_registry.ipynb #7d56c7e5
 _SCHEMA = """
@@ -130,8 +132,8 @@ def _row(r) -> dict | None:
 
 
 def _phase_num(phase) -> int:
-    "Check a phase number (1-8)."
-    if isinstance(phase, bool) or not isinstance(phase, int) or not 1 <= phase <= 8:
+    "Check a phase number against `PHASES`."
+    if isinstance(phase, bool) or not isinstance(phase, int) or phase not in {p.number for p in PHASES}:
         raise ConfigError(f"phase must be an int from 1 to 8, got {phase!r}")
     return phase
 
@@ -181,7 +183,7 @@ def list_runs(self: Registry) -> list[dict]:
 def start_phase(
     self: Registry,
     run_id: str,
-    phase: int,  # phase number 1-8
+    phase: int,  # a phase number from `PHASES`
     name: str,  # phase name, e.g. 'cognate'
     notebook: str | Path,  # the executed notebook's path
 ) -> dict:

@@ -11,9 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RESERVED', 'KERNEL', 'INJECTED', 'parse_phases', 'discover_pipelines', 'phase_name', 'notebook_parameters',
-           'parse_param', 'check_kernel', 'default_run_id', 'plan_run', 'execute_plan', 'phase_verified',
-           'resume_index', 'run_pipeline', 'list_runs', 'run_status']
+__all__ = ['ALL_PHASES', 'RESERVED', 'KERNEL', 'INJECTED', 'parse_phases', 'discover_pipelines', 'phase_name',
+           'notebook_parameters', 'parse_param', 'check_kernel', 'default_run_id', 'plan_run', 'execute_plan',
+           'phase_verified', 'resume_index', 'run_pipeline', 'list_runs', 'run_status']
 
 # %% ../../nbs/80_runs/01_runner.ipynb #b9281277
 import nbformat
@@ -30,6 +30,9 @@ from ..foundation.config import PHASES, get_phase, get_preset, phase_config, pha
 from .registry import Registry
 
 # %% ../../nbs/80_runs/01_runner.ipynb #79af2da2
+ALL_PHASES = f"{PHASES[0].number}-{PHASES[-1].number}"  # every phase, as a `--phases` range
+
+
 def parse_phases(spec: str) -> list[int]:  # e.g. '1-8', '1,3', '2'
     "Sorted phase numbers selected by `spec`."
     out = set()
@@ -165,7 +168,7 @@ def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: 
 # %% ../../nbs/80_runs/01_runner.ipynb #cc152f3c
 def plan_run(
     preset: str | None = "tiny",  # preset name (None when resuming: the run's own)
-    phases: str = "1-8",  # phase selection
+    phases: str = ALL_PHASES,  # phase selection
     run_id: str | None = None,  # run id (default: timestamp)
     resume: bool = False,  # continue an existing run
     params: list | tuple = (),  # 'KEY=VALUE' overrides
@@ -393,7 +396,7 @@ def resume_index(reg: Registry, plan: dict, log=print) -> int:
 # %% ../../nbs/80_runs/01_runner.ipynb #2d78a29f
 def run_pipeline(
     preset: str = "tiny",
-    phases: str = "1-8",
+    phases: str = ALL_PHASES,
     run_id: str | None = None,
     resume: bool = False,
     params: list | tuple = (),
