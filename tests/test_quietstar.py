@@ -74,3 +74,21 @@ def test_train_and_registry_round_trip(cognate, tmp_path):
         )[0]
     assert torch.allclose(a, b, atol=1e-5)
     assert pair_nll(qs2, ids, sample_pairs(1, ids.shape[1], 4, 1), "random").isfinite().all()
+
+
+def test_thoughts_learn_to_carry_a_hidden_key():
+    """The toy task of `nbs/50_baking/01_quietstar.ipynb`: the answering position of `KeyReaderLM` cannot see the key
+    (no-thought answer NLL >= log 4); a thought started there can. With the default training signal, Quiet-STaR
+    must raise the mixing weight, lower the held-out answer NLL below no thought by more than two standard errors and
+    below log 4, and random thoughts must not help."""
+    import math
+    from agent_forge.baking.quietstar import key_task_run
+
+    torch.set_num_threads(1)
+    r = key_task_run(steps=600, seed=0)
+    b, a = r["before"], r["after"]
+    assert abs(b["none"] - math.log(4)) < 0.1 and a["none"] > math.log(4) - 0.1  # no thought: the key is unseen
+    assert b["w"] < 0.01 < 0.5 < a["w"]  # the head learned to use the thought
+    assert a["thought_minus_none"] < -2 * a["thought_se"] and a["thought"] < math.log(4) - 0.2
+    assert a["random_minus_none"] > -2 * a["random_se"]  # random thoughts carry no key
+    print({k: round(v, 4) for k, v in a.items()}, f"{r['seconds']:.1f} s")

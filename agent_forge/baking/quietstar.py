@@ -11,19 +11,22 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['START_THOUGHT', 'END_THOUGHT', 'HEAD_FILE', 'CONFIG_FILE', 'QuietStarConfig', 'add_thought_tokens', 'MixingHead',
-           'mix_logprobs', 'QuietStar', 'thought_rows', 'length_groups', 'sample_thoughts', 'thought_forward',
-           'mixed_logprobs', 'sample_pairs', 'gather_base', 'gather_targets', 'quietstar_loss', 'train_quietstar',
-           'pair_nll', 'generate', 'thought_throughput', 'diagonal_layout', 'diagonal_hidden',
-           'sample_thoughts_diagonal', 'check_diagonal', 'diagonal_throughput', 'answer_rows', 'exact_match',
-           'save_quietstar_extras', 'load_quietstar']
+__all__ = ['START_THOUGHT', 'END_THOUGHT', 'HEAD_FILE', 'CONFIG_FILE', 'KEY_CHARS', 'KEY_MAP', 'QuietStarConfig',
+           'add_thought_tokens', 'MixingHead', 'mix_logprobs', 'QuietStar', 'thought_rows', 'length_groups',
+           'sample_thoughts', 'thought_forward', 'mixed_logprobs', 'sample_pairs', 'gather_base', 'gather_targets',
+           'quietstar_loss', 'train_quietstar', 'pair_nll', 'generate', 'thought_throughput', 'diagonal_layout',
+           'diagonal_hidden', 'sample_thoughts_diagonal', 'check_diagonal', 'diagonal_throughput', 'answer_rows',
+           'exact_match', 'save_quietstar_extras', 'load_quietstar', 'KeyReaderLM', 'key_documents', 'key_task_run']
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #e1e9cf16
+import math, random
+from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import save_file, load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutput
 from ..foundation.core import ConfigError, NotBuiltError, timed
 from agent_forge.baking.prompt import (
     bos_ids,
@@ -35,12 +38,14 @@ from agent_forge.baking.prompt import (
     check_head_contract,
     model_device,
     pick_next,
+    char_tokenizer,
+    fit_lm,
 )
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #eaa2a2d0
 @dataclass
 class QuietStarConfig:
-    "Quiet-STaR hyper-parameters (paper defaults)."
+    "Quiet-STaR hyper-parameters (paper defaults for the shapes, our fix for the training signal)."
 
     thought_len: int = 12  # t: thought tokens between the delimiters
     n_true: int = 4  # true tokens predicted (teacher-forced) after each thought
@@ -48,12 +53,20 @@ class QuietStarConfig:
     positions: int = 8  # K: positions sampled per sequence in training
     temperature: float = 1.0  # thought sampling temperature
     policy_weight: float = 1.0  # weight of the REINFORCE loss
-    normalize_adv: bool = True  # divide advantages by their batch standard deviation
+    normalize_adv: bool = False  # divide advantages by their batch standard deviation (True: the old defect)
     lm_weight: float = 1.0  # weight of the plain LM loss on all tokens
-    thought_nll_weight: float = 0.0  # weight of the unmixed post-thought NLL (0 in the paper)
+    thought_nll_weight: float = 1.0  # weight of the unmixed post-thought NLL (0: only through w, the old defect)
+    reward: str = "thought"  # 'thought': gain of the unmixed post-thought prediction; 'mixed': of the mixture
+    baseline: str = "mean"  # 'mean': minus the mean over a position's thoughts; 'none': gain over no thought
     head_width: int = 0  # mixing-head hidden width (0: the model's hidden size)
     head_init_bias: float = -6.0  # w = sigmoid(-6) ≈ 0.0025 at the start
     buckets: int = 4  # rows are run in this many groups of similar length (less padding)
+
+    def __post_init__(self):
+        if self.reward not in ("thought", "mixed"):
+            raise ConfigError(f"reward must be 'thought' or 'mixed', got {self.reward!r}")
+        if self.baseline not in ("mean", "none"):
+            raise ConfigError(f"baseline must be 'mean' or 'none', got {self.baseline!r}")
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #e7e28602
 START_THOUGHT, END_THOUGHT = "<|startthought|>", "<|endthought|>"
@@ -285,37 +298,37 @@ def quietstar_loss(
     ids: torch.Tensor,  # (B, T) training windows
     generator: torch.Generator | None = None,  # position and thought randomness
 ) -> tuple[torch.Tensor, dict]:
-    "Total loss and its parts: mixed NLL, REINFORCE, plain LM loss, mean w, reward spread."
+    "Total loss and its parts: mixed NLL, post-thought NLL, REINFORCE, plain LM loss, mean w, reward sizes."
     c = qs.cfg
     pairs = sample_pairs(ids.shape[0], ids.shape[1], c.positions, c.n_true, generator, ids.device)
     th = sample_thoughts(qs, ids, pairs, c.n_thoughts, generator=generator)
     logp_th, h_th = thought_forward(qs, ids, pairs, th, c.n_true)
     # `labels`: the model's own LM objective (Cognate: deep supervision + halting)
     out, h_all = forward_hidden(qs.model, ids, labels=ids)
-    lm = out.loss
     h_b = gather_base(h_all, pairs, c.n_true).repeat_interleave(c.n_thoughts, 0)
     lp, w = mixed_logprobs(qs, h_b, h_th)
-    y = gather_targets(ids, pairs, c.n_true).repeat_interleave(c.n_thoughts, 0)
-    ll = lp.gather(-1, y[..., None])[..., 0]  # (N, n_true)
-    r = ll.sum(-1).detach().view(-1, c.n_thoughts)
-    adv = (r - r.mean(-1, keepdim=True)).view(-1)
+    y = gather_targets(ids, pairs, c.n_true).repeat_interleave(c.n_thoughts, 0)[..., None]
+    ll = lp.gather(-1, y)[..., 0]  # (N, n_true) mixed
+    ll_th = torch.log_softmax(head_logits(qs.model, h_th).float(), -1).gather(-1, y)[..., 0]  # unmixed
+    with torch.no_grad():
+        ll_b = torch.log_softmax(head_logits(qs.model, h_b).float(), -1).gather(-1, y)[..., 0]  # no thought
+    gain = ((ll_th if c.reward == "thought" else ll) - ll_b).sum(-1).detach().view(-1, c.n_thoughts)
+    adv = (gain - gain.mean(-1, keepdim=True) if c.baseline == "mean" else gain).view(-1)
     adv_abs = adv.abs().mean().item()
     if c.normalize_adv and len(adv) > 1:
         adv = adv / (adv.std() + 1e-8)
     policy = -(adv * logp_th).mean()
-    nll = -ll.mean()
-    nll_th = -torch.log_softmax(head_logits(qs.model, h_th).float(), -1).gather(-1, y[..., None]).mean()
-    with torch.no_grad():
-        nll_b = -torch.log_softmax(head_logits(qs.model, h_b).float(), -1).gather(-1, y[..., None]).mean()
-    loss = nll + c.policy_weight * policy + c.lm_weight * lm + c.thought_nll_weight * nll_th
+    nll, nll_th = -ll.mean(), -ll_th.mean()
+    loss = nll + c.thought_nll_weight * nll_th + c.policy_weight * policy + c.lm_weight * out.loss
     return loss, dict(
         loss=loss.item(),
         nll_mix=nll.item(),
         nll_thought=nll_th.item(),
-        nll_base=nll_b.item(),
+        nll_base=-ll_b.mean().item(),
         policy=policy.item(),
-        lm=lm.item(),
+        lm=out.loss.item(),
         w=w.mean().item(),
+        gain=gain.mean().item(),
         adv_abs=adv_abs,
     )
 
@@ -646,3 +659,100 @@ def load_quietstar(
         raise ConfigError(f"{path}: thought token ids differ from {CONFIG_FILE}")
     qs.head.load_state_dict(load_file(str(path / HEAD_FILE), device=str(device)))
     return qs.eval(), tok
+
+# %% ../../nbs/50_baking/01_quietstar.ipynb #c9cf0e0f
+class KeyReaderLM(nn.Module):
+    "Toy causal LM: each position sees the last `window` tokens; a `reader_id` position also reads token 1."
+
+    def __init__(
+        self,
+        vocab_size: int,  # embedding rows (leave room for the two thought tokens)
+        reader_id: int,  # the token whose positions read the key (the start-of-thought id to be)
+        hidden_size: int = 16,  # width
+        window: int = 4,  # tokens each position sees, itself included
+        read_std: float = 3.0,  # init scale of the key read
+        seed: int = 0,  # init seed
+    ):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = SimpleNamespace(hidden_size=hidden_size, vocab_size=vocab_size)
+        self.reader_id = reader_id
+        self.embed = nn.Embedding(vocab_size, hidden_size)
+        self.taps = nn.Parameter(torch.randn(window, hidden_size, hidden_size) / hidden_size**0.5)
+        self.read = nn.Linear(hidden_size, hidden_size, bias=False)
+        nn.init.normal_(self.read.weight, std=read_std / hidden_size**0.5)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden_size, hidden_size))
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, labels=None, **kw):
+        if kw.get("attention_mask") is not None or kw.get("position_ids") is not None:
+            raise NotBuiltError("KeyReaderLM takes no attention mask or position ids")
+        e = self.embed(input_ids)
+        h = sum(F.pad(e, (0, 0, d, 0))[:, : e.shape[1]] @ self.taps[d] for d in range(len(self.taps)))
+        h = h + (input_ids == self.reader_id)[..., None] * self.read(e[:, 1:2])
+        logits = self.lm_head(h + self.mlp(h))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+# %% ../../nbs/50_baking/01_quietstar.ipynb #8cc51fdf
+KEY_CHARS, KEY_MAP = "abcdwxyz0123=:-", dict(zip("abcd", "ywzx"))
+
+
+def key_documents(
+    n: int,  # documents
+    seed: int = 0,  # randomness
+    items: int = 4,  # answered items per document
+) -> list[str]:
+    "Documents `k:` + `items` x (`ddd=` + f(k)): the answer is a function of a key the answering position cannot see."
+    r = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = r.choice("abcd")
+        out.append(
+            k + ":" + "".join("".join(r.choice("0123") for _ in range(3)) + "=" + KEY_MAP[k] for _ in range(items))
+        )
+    return out
+
+# %% ../../nbs/50_baking/01_quietstar.ipynb #b0eaaea0
+def key_task_run(
+    steps: int = 600,  # Quiet-STaR steps
+    seed: int = 0,  # data, init and sampling seed
+    heldout: int = 64,  # held-out documents (4 answers each)
+    **cfg,  # QuietStarConfig overrides (e.g. the old defaults)
+) -> dict:
+    "Pretrain a `KeyReaderLM` on key documents, train Quiet-STaR, and measure held-out answer NLL and w."
+    tok = char_tokenizer(KEY_CHARS)
+    model = KeyReaderLM(len(tok) + 2, reader_id=len(tok), seed=seed)  # the start-of-thought id will be len(tok)
+    fit_lm(model, tok, key_documents(500, seed), steps=150, lr=1e-2, seed=seed)
+    qs = QuietStar(model, tok, QuietStarConfig(**{**dict(thought_len=1, n_true=2, n_thoughts=4, positions=16), **cfg}))
+    if qs.start_id != model.reader_id:
+        raise ConfigError(f"start-of-thought id {qs.start_id} is not the reader id {model.reader_id}")
+    rows = lambda docs: torch.tensor([bos_ids(tok) + encode(tok, d) for d in docs])
+    train, held = rows(key_documents(512, seed + 1)), rows(key_documents(heldout, seed + 2))
+    pairs = (held == tok.convert_tokens_to_ids("=")).nonzero()  # each predicts an answer
+    modes = ("none", "thought", "random")
+
+    def measure():
+        nll = {m: pair_nll(qs, held, pairs, m, generator=torch.Generator().manual_seed(seed + 3)) for m in modes}
+        with torch.no_grad():
+            th = sample_thoughts(qs, held, pairs, 1, generator=torch.Generator().manual_seed(seed + 4))
+            hb = gather_base(final_hidden(qs.model, held), pairs, 1)
+            w = mixed_logprobs(qs, hb, thought_forward(qs, held, pairs, th, 1)[1])[1]
+        d = {m: nll[m].mean().item() for m in modes}
+        for m in ("thought", "random"):
+            diff = (nll[m] - nll["none"]).double()
+            d[f"{m}_minus_none"], d[f"{m}_se"] = diff.mean().item(), diff.std().item() / len(diff) ** 0.5
+        return dict(d, w=w.mean().item(), answers=len(pairs))
+
+    before = measure()
+    t0 = time.time()
+    curve = train_quietstar(qs, train, steps=steps, batch_size=16, lr=1e-2, head_lr=1e-2, seed=seed, log_every=50)
+    return dict(before=before, after=measure(), seconds=time.time() - t0, curve=curve)

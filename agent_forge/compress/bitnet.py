@@ -12,11 +12,12 @@ from typing import Callable, NamedTuple
 
 # %% auto #0
 __all__ = ['QUANTIZERS', 'WEIGHT_EPS', 'ACT_CLAMP', 'KERNELS', 'DEFAULT_TARGETS', 'STAGE1_END', 'STAGE2_START', 'QAT_OPTIMIZERS',
-           'PACKED_FORMAT', 'PACKED_VERSION', 'PACKED_FILE', 'quantize_weights', 'quantize_activations', 'Quantizer',
-           'get_quantizer', 'ste', 'pack_ternary', 'unpack_ternary', 'Kernel', 'get_kernel', 'ternary_linear',
-           'BitLinear', 'TernaryLinear', 'logits_match', 'bitnet_target_names', 'convert_to_bitnet', 'qat_schedule',
-           'make_qat_optimizer', 'qat_train', 'ternary_stats', 'packed_tensors', 'save_packed', 'load_packed',
-           'load_bitnet_artifact', 'size_report', 'tokens_per_second']
+           'PACKED_FORMAT', 'PACKED_VERSION', 'PACKED_FILE', 'QS_HEAD_PACKED', 'quantize_weights',
+           'quantize_activations', 'Quantizer', 'get_quantizer', 'ste', 'pack_ternary', 'unpack_ternary', 'Kernel',
+           'get_kernel', 'ternary_linear', 'BitLinear', 'TernaryLinear', 'logits_match', 'bitnet_target_names',
+           'convert_to_bitnet', 'qat_schedule', 'make_qat_optimizer', 'qat_train', 'ternary_stats', 'packed_tensors',
+           'save_packed', 'load_packed', 'save_packed_module', 'load_packed_module', 'load_bitnet_artifact',
+           'size_report', 'tokens_per_second', 'save_bitnet_quietstar', 'load_bitnet_quietstar']
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #fdcc764a
 import torch
@@ -307,8 +308,8 @@ def bitnet_target_names(
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #1c19791a
 @torch.no_grad()
-def _input_rms(model, names, calib_ids):
-    "Mean per-token RMS of each named module's input on `calib_ids`."
+def _input_rms(model, names, run):
+    "Mean per-token RMS of each named module's input while `run(model)` runs the calibration passes."
     sums, hooks = {}, []
 
     def hook(name):
@@ -324,7 +325,7 @@ def _input_rms(model, names, calib_ids):
     was = model.training
     model.eval()
     try:
-        model(input_ids=calib_ids)
+        run(model)
     finally:
         for h in hooks:
             h.remove()
@@ -336,6 +337,7 @@ def convert_to_bitnet(
     model: nn.Module,  # causal LM, converted in place to float32
     targets: tuple = DEFAULT_TARGETS,  # module-name suffixes to convert
     calib_ids: torch.Tensor | None = None,  # (B, T) tokens to initialise the norm gains; None: gain 1
+    calib_fn: Callable | None = None,  # instead of `calib_ids`: runs the calibration passes on `model` (any module)
     norm_eps: float = 1e-6,  # eps of each BitLinear's RMSNorm
     kernel: str = "int_mm",  # integer kernel for eval mode
 ) -> list[str]:
@@ -344,7 +346,10 @@ def convert_to_bitnet(
     if not names:
         raise ConfigError(f"no nn.Linear module named like {targets} to convert")
     model.float()
-    rms = _input_rms(model, names, calib_ids) if calib_ids is not None else {}
+    if calib_ids is not None and calib_fn is not None:
+        raise ConfigError("pass calib_ids or calib_fn, not both")
+    run = calib_fn or ((lambda mod: mod(input_ids=calib_ids)) if calib_ids is not None else None)
+    rms = _input_rms(model, names, run) if run is not None else {}
     for n in names:
         old = model.get_submodule(n)
         new = BitLinear(
@@ -591,17 +596,8 @@ def _need(cond, f, msg):
         raise IntegrityError(f"{f}: {msg}")
 
 
-def load_packed(
-    path: Path,  # artifact directory written by `save_packed`
-    kernel: str = "int_mm",  # integer kernel for the ternary layers
-    device: str = "cpu",  # where the model goes
-) -> tuple[nn.Module, object]:
-    "Build the model of `config.json`, verify `bitnet.safetensors` and unpack it into `TernaryLinear`s: (model, tok)."
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    import agent_forge  # registers Cognate with the Auto classes
-
-    path = Path(path)
-    f = path / PACKED_FILE
+def _read_packed(f: Path) -> tuple[dict, dict]:
+    "Tensors and layer specs of a packed file, after the format, version and content-hash checks."
     _need(f.is_file(), f, "missing (not a packed BitNet artifact)")
     try:
         with safe_open(str(f), "pt") as sf:
@@ -624,17 +620,21 @@ def load_packed(
         assert isinstance(layers, dict) and layers
     except Exception as e:
         raise IntegrityError(f"{f}: bad 'layers' metadata ({e})") from e
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    return tensors, layers
+
+
+def _unpack_into(model: nn.Module, tensors: dict, layers: dict, f: Path, kernel: str) -> nn.Module:
+    "Replace `model`'s packed layers by `TernaryLinear`s and load every other tensor, checking each against the model."
     for n, spec in layers.items():
         try:
             old = model.get_submodule(n)
         except AttributeError:
-            raise IntegrityError(f"{f}: layer {n!r} does not exist in the model of config.json") from None
+            raise IntegrityError(f"{f}: layer {n!r} does not exist in the model") from None
         shape = tuple(spec["shape"])
         _need(
             isinstance(old, nn.Linear) and (old.out_features, old.in_features) == shape,
             f,
-            f"layer {n!r} is {old} in config.json, file says Linear{shape}",
+            f"layer {n!r} is {old} in the model, file says Linear{shape}",
         )
         for k in ("weight_packed", "weight_scale", "norm.weight") + (("bias",) if spec["bias"] else ()):
             _need(f"{n}.{k}" in tensors, f, f"tensor {n}.{k} missing")
@@ -676,9 +676,49 @@ def load_packed(
             f"tensor {k} is {v.dtype}{tuple(v.shape)}, model wants {expect[k].dtype}{tuple(expect[k].shape)}",
         )
     model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def load_packed(
+    path: Path,  # artifact directory written by `save_packed`
+    kernel: str = "int_mm",  # integer kernel for the ternary layers
+    device: str = "cpu",  # where the model goes
+) -> tuple[nn.Module, object]:
+    "Build the model of `config.json`, verify `bitnet.safetensors` and unpack it into `TernaryLinear`s: (model, tok)."
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import agent_forge  # registers Cognate with the Auto classes
+
+    path = Path(path)
+    f = path / PACKED_FILE
+    tensors, layers = _read_packed(f)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    _unpack_into(model, tensors, layers, f, kernel)
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
     return model, tok
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #8d4130ba
+def save_packed_module(
+    module: nn.Module,  # any module with BitLinear / TernaryLinear layers (e.g. a Quiet-STaR mixing head)
+    file: Path,  # the .safetensors file to write
+) -> Path:
+    "Write `module` in the packed format (ternary layers 2 bits per weight, the rest float32) to one file."
+    tensors, layers = packed_tensors(module)
+    meta = dict(format=PACKED_FORMAT, version=PACKED_VERSION, layers=json.dumps(layers, sort_keys=True))
+    meta["content_sha256"] = _content_sha256(tensors, _meta_text(meta))
+    save_file(tensors, str(file), metadata=meta)
+    return Path(file)
+
+
+def load_packed_module(
+    module: nn.Module,  # a freshly built module of the same structure, float layers where the file has ternary ones
+    file: Path,  # written by `save_packed_module`
+    kernel: str = "int_mm",  # integer kernel for the ternary layers
+) -> nn.Module:
+    "Verify `file` and unpack it into `module` (in place, eval mode), with the checks of `load_packed`."
+    f = Path(file)
+    tensors, layers = _read_packed(f)
+    return _unpack_into(module, tensors, layers, f, kernel).eval()
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #dc4d8e32
 def load_bitnet_artifact(
@@ -767,3 +807,43 @@ def tokens_per_second(
         )
         for n, b in best.items()
     }
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #e474d5cb
+QS_HEAD_PACKED = "mixing_head_packed.safetensors"  # the ternary Quiet-STaR mixing head inside a packed artifact
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #d3e06a04
+def save_bitnet_quietstar(
+    qs: nn.Module,  # a `QuietStar` whose language model and head hold BitLinear / TernaryLinear layers
+    tokenizer,  # its tokenizer, with the thought tokens
+    out_dir: Path,  # directory to create or overwrite
+    config_file: Path,  # the source model's `quietstar.json`, copied unchanged
+) -> Path:
+    "Write a ternary Quiet-STaR model: the packed language model, the packed mixing head and its Quiet-STaR config."
+    from agent_forge.baking.quietstar import CONFIG_FILE
+
+    if not any(isinstance(m, (BitLinear, TernaryLinear)) for m in qs.head.modules()):
+        raise ConfigError("the mixing head has no ternary layer: convert it with convert_to_bitnet first")
+    out = save_packed(qs.model, tokenizer, out_dir)
+    save_packed_module(qs.head, out / QS_HEAD_PACKED)
+    (out / CONFIG_FILE).write_text(Path(config_file).read_text())
+    return out
+
+# %% ../../nbs/70_compress/00_bitnet.ipynb #da0af1e6
+def load_bitnet_quietstar(
+    path: Path,  # directory written by `save_bitnet_quietstar`
+    kernel: str = "int_mm",  # integer kernel for the ternary layers
+    device: str = "cpu",  # where the model goes
+) -> tuple[nn.Module, object]:
+    "`(QuietStar, tokenizer)` with a ternary language model and a ternary mixing head, every file verified."
+    from agent_forge.baking.quietstar import CONFIG_FILE, QuietStar, QuietStarConfig
+
+    path = Path(path)
+    if not (path / QS_HEAD_PACKED).is_file() or not (path / CONFIG_FILE).is_file():
+        raise IntegrityError(f"{path} holds no {QS_HEAD_PACKED} / {CONFIG_FILE}: not a ternary Quiet-STaR model")
+    model, tok = load_packed(path, kernel, device)
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    qs = QuietStar(model, tok, QuietStarConfig(**meta["config"]))
+    if (qs.start_id, qs.end_id) != (meta["start_id"], meta["end_id"]):
+        raise IntegrityError(f"{path}: thought token ids differ from {CONFIG_FILE}")
+    load_packed_module(qs.head, path / QS_HEAD_PACKED, kernel).to(device)
+    return qs.eval(), tok

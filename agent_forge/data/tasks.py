@@ -6,16 +6,20 @@ Docs: https://agent-forge.github.io/agent-forge/10_data/tasks.html.md"""
 
 # %% ../../nbs/10_data/00_tasks.ipynb #2bc07598
 from __future__ import annotations
-import hashlib, random
+import hashlib, random, re
 from dataclasses import dataclass
 from typing import Callable
 
 # %% auto #0
-__all__ = ['HELDOUT_MOD', 'SPLITS', 'SEQUENCE_KINDS', 'stable_hash', 'in_heldout', 'parse_answer', 'Example', 'check_sample_args',
-           'worked_solution', 'arithmetic_examples', 'recall_examples', 'sequence_examples']
+__all__ = ['HELDOUT_MOD', 'SPLITS', 'SEQUENCE_KINDS', 'LEVELS', 'ARITHMETIC_LEVELS', 'RECALL_LEVELS', 'SEQUENCE_LEVELS',
+           'TASK_FAMILIES', 'stable_hash', 'in_heldout', 'parse_answer', 'Example', 'check_sample_args',
+           'worked_solution', 'arithmetic_examples', 'recall_examples', 'sequence_examples', 'check_level',
+           'solve_arithmetic', 'hint_arithmetic', 'arithmetic_level', 'solve_recall', 'hint_recall', 'recall_level',
+           'solve_sequence', 'hint_sequence', 'sequence_level', 'level_examples', 'verify']
 
 # %% ../../nbs/10_data/00_tasks.ipynb #80ada2cf
 from ..foundation.core import ConfigError
+from ..foundation.methods import MethodRegistry
 
 # %% ../../nbs/10_data/00_tasks.ipynb #83890558
 HELDOUT_MOD = 10  # one item in ten is held out
@@ -223,3 +227,277 @@ def sequence_examples(
         return f"seq:{prompt}", Example(prompt, a + "\n", a)
 
     return _sample(n, split, random.Random(f"seq:{split}:{seed}:{','.join(kinds)}:{max_len}"), draw)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #0d680c74
+LEVELS = tuple(range(1, 11))  # the difficulty levels of every task family
+
+# %% ../../nbs/10_data/00_tasks.ipynb #90a718c3
+def check_level(level):  # a difficulty level
+    "Raise `ConfigError` unless `level` is an int in `LEVELS`."
+    if isinstance(level, bool) or level not in LEVELS:
+        raise ConfigError(f"level must be an int in 1..10, got {level!r}")
+
+# %% ../../nbs/10_data/00_tasks.ipynb #f011dc0d
+# level: (operators, digits of a (lo, hi), digits of b (lo, hi), rule)
+ARITHMETIC_LEVELS = {
+    1: ("+", (1, 2), (1, 2), "any"),  # 1- to 2-digit addition
+    2: ("+", (2, 2), (2, 2), "nocarry"),  # 2-digit addition without carries
+    3: ("+", (2, 2), (2, 2), "any"),  # 2-digit addition with carries
+    4: ("-", (2, 2), (1, 2), "nonneg"),  # 2-digit subtraction, non-negative result
+    5: ("+-", (1, 2), (1, 2), "any"),  # 1- to 2-digit addition and subtraction, negative results
+    6: ("+-", (3, 3), (1, 3), "any"),  # 3-digit addition and subtraction
+    7: ("*", (1, 2), (1, 1), "any"),  # products by one digit
+    8: ("+-*", (2, 3), (1, 2), "any"),  # three operators, up to 3 by 2 digits
+    9: ("+-*", (3, 4), (1, 3), "any"),  # up to 4 by 3 digits
+    10: ("+-*", (3, 4), (3, 4), "any"),  # up to 4 by 4 digits
+}
+
+# %% ../../nbs/10_data/00_tasks.ipynb #5b68cd13
+_ARITH_RE = re.compile(r"^[QW]: (\d+)([-+*])(\d+)=$")
+
+
+def solve_arithmetic(prompt: str) -> str:  # an arithmetic prompt, e.g. "Q: 25+68="
+    "The exact answer of an arithmetic prompt, computed from the prompt."
+    m = _ARITH_RE.match(prompt)
+    if not m:
+        raise ConfigError(f"not an arithmetic prompt: {prompt!r}")
+    a, op, b = int(m[1]), m[2], int(m[3])
+    return str(a + b if op == "+" else a - b if op == "-" else a * b)
+
+
+def hint_arithmetic(prompt: str) -> str:  # an arithmetic prompt
+    "The worked solution of an arithmetic prompt: place-value steps ending in ` = ANSWER`."
+    m = _ARITH_RE.match(prompt)
+    if not m:
+        raise ConfigError(f"not an arithmetic prompt: {prompt!r}")
+    return worked_solution(int(m[1]), m[2], int(m[3]))
+
+# %% ../../nbs/10_data/00_tasks.ipynb #9312d834
+def _digits_operand(rng: random.Random, lo: int, hi: int) -> int:
+    "A number whose digit count is uniform in lo..hi (1 digit includes 0)."
+    d = rng.randint(lo, hi)
+    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+
+def _carries(a: int, b: int) -> bool:
+    "Whether the column sum of a + b reaches 10 anywhere."
+    while a or b:
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+def arithmetic_level(
+    level: int,  # difficulty level in LEVELS
+    n: int,  # how many examples
+    split: str,  # "train" or "heldout"
+    seed: int,  # the generator's seed
+    steps: bool = False,  # show the worked solution (the hint) before the answer
+) -> list[Example]:
+    "Arithmetic problems of one difficulty level (see `ARITHMETIC_LEVELS`)."
+    check_sample_args(n, split, seed)
+    check_level(level)
+    ops, da, db, rule = ARITHMETIC_LEVELS[level]
+
+    def draw(rng):
+        while True:
+            a, op, b = _digits_operand(rng, *da), rng.choice(ops), _digits_operand(rng, *db)
+            if (rule == "nocarry" and _carries(a, b)) or (rule == "nonneg" and a < b):
+                continue
+            q = f"{a}{op}{b}"
+            p, ans = f"{'W' if steps else 'Q'}: {q}=", solve_arithmetic(f"Q: {q}=")
+            return f"arith:{q}", Example(p, (hint_arithmetic(p) if steps else ans) + "\n", ans)
+
+    return _sample(n, split, random.Random(f"arith-level:{level}:{split}:{seed}"), draw)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #0a534a78
+# level: (pairs (lo, hi), digits per value, query: "any" position or "far" (first quarter))
+RECALL_LEVELS = {
+    1: ((2, 2), 2, "any"),
+    2: ((3, 3), 2, "any"),
+    3: ((4, 4), 2, "any"),
+    4: ((5, 6), 3, "any"),
+    5: ((7, 8), 3, "any"),
+    6: ((8, 8), 3, "far"),
+    7: ((10, 12), 3, "any"),
+    8: ((12, 16), 3, "far"),
+    9: ((16, 24), 3, "far"),
+    10: ((24, 32), 3, "far"),
+}
+
+# %% ../../nbs/10_data/00_tasks.ipynb #290e6082
+_RECALL_RE = re.compile(r"^R: ((?:[a-z]+=\d+ )+)\? ([a-z]+)=$")
+
+
+def _recall_parts(prompt: str) -> tuple[list, str]:
+    "The (key, value) pairs and the queried key of a recall prompt."
+    m = _RECALL_RE.match(prompt)
+    if not m:
+        raise ConfigError(f"not a recall prompt: {prompt!r}")
+    return [tuple(p.split("=")) for p in m[1].split()], m[2]
+
+
+def solve_recall(prompt: str) -> str:  # a recall prompt, e.g. "R: ab=12 cd=34 ? cd="
+    "The value of the queried key, read from the prompt's context."
+    pairs, q = _recall_parts(prompt)
+    vals = [v for k, v in pairs if k == q]
+    if len(vals) != 1:
+        raise ConfigError(f"the key {q!r} occurs {len(vals)} times in {prompt!r}")
+    return vals[0]
+
+
+def hint_recall(prompt: str) -> str:  # a recall prompt
+    "Where the key is and what it holds, ending in ` = VALUE`."
+    pairs, q = _recall_parts(prompt)
+    i = [k for k, _ in pairs].index(q)
+    return f"pair {i + 1} of {len(pairs)}: {q}={pairs[i][1]} = {pairs[i][1]}"
+
+# %% ../../nbs/10_data/00_tasks.ipynb #2b339a30
+def recall_level(
+    level: int,  # difficulty level in LEVELS
+    n: int,  # how many examples
+    split: str,  # "train" or "heldout"
+    seed: int,  # the generator's seed
+    steps: bool = False,  # give the hint before the answer
+) -> list[Example]:
+    "Associative recall of one difficulty level (see `RECALL_LEVELS`)."
+    check_sample_args(n, split, seed)
+    check_level(level)
+    (lo, hi), vlen, dist = RECALL_LEVELS[level]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def draw(rng):
+        keys = []
+        for _ in range(rng.randint(lo, hi)):
+            k = "".join(rng.choices(letters, k=2))
+            while k in keys:
+                k = "".join(rng.choices(letters, k=2))
+            keys.append(k)
+        pairs = [(k, "".join(rng.choices("0123456789", k=vlen))) for k in keys]
+        qk, qv = pairs[rng.randrange(max(1, len(pairs) // 4))] if dist == "far" else rng.choice(pairs)
+        prompt = "R: " + " ".join(f"{k}={v}" for k, v in pairs) + f" ? {qk}="
+        return f"recall:{prompt}", Example(prompt, (hint_recall(prompt) if steps else qv) + "\n", qv)
+
+    return _sample(n, split, random.Random(f"recall-level:{level}:{split}:{seed}"), draw)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #f256881a
+# level: (kinds, list length (lo, hi))
+SEQUENCE_LEVELS = {
+    1: (("copy",), (2, 3)),
+    2: (("copy",), (4, 4)),
+    3: (("rev",), (2, 4)),
+    4: (("copy", "rev"), (5, 6)),
+    5: (("next",), (3, 4)),
+    6: (("sort",), (3, 4)),
+    7: (("rev", "sort"), (5, 6)),
+    8: (("next", "sort"), (6, 7)),
+    9: (SEQUENCE_KINDS, (7, 8)),
+    10: (SEQUENCE_KINDS, (9, 10)),
+}
+
+# %% ../../nbs/10_data/00_tasks.ipynb #ae0856fb
+_SEQ_RE = re.compile(r"^S: (next|rev|copy|sort) (\d+(?: \d+)*)=$")
+
+
+def _seq_parts(prompt: str) -> tuple[str, list]:
+    "The kind and the items of a sequence prompt."
+    m = _SEQ_RE.match(prompt)
+    if not m:
+        raise ConfigError(f"not a sequence prompt: {prompt!r}")
+    return m[1], [int(x) for x in m[2].split()]
+
+
+def solve_sequence(prompt: str) -> str:  # a sequence prompt, e.g. "S: rev 4 81 9="
+    "The exact answer of a sequence prompt, computed from the prompt."
+    kind, xs = _seq_parts(prompt)
+    if kind == "next":
+        if len(xs) < 2 or len({b - a for a, b in zip(xs, xs[1:])}) != 1:
+            raise ConfigError(f"{prompt!r} is not an arithmetic progression")
+        return str(xs[-1] + xs[1] - xs[0])
+    return " ".join(map(str, xs[::-1] if kind == "rev" else sorted(xs) if kind == "sort" else xs))
+
+
+def hint_sequence(prompt: str) -> str:  # a sequence prompt
+    "A worked line for a sequence prompt, ending in ` = ANSWER`."
+    kind, xs = _seq_parts(prompt)
+    ans = solve_sequence(prompt)
+    if kind == "next":
+        d = xs[1] - xs[0]
+        return f"step {d}: {xs[-1]}+{d}={ans} = {ans}"
+    order = {"rev": "last to first", "sort": "smallest to largest", "copy": "in order"}[kind]
+    return f"{len(xs)} items {order}: {', '.join(ans.split())} = {ans}"
+
+# %% ../../nbs/10_data/00_tasks.ipynb #54c7714d
+def sequence_level(
+    level: int,  # difficulty level in LEVELS
+    n: int,  # how many examples
+    split: str,  # "train" or "heldout"
+    seed: int,  # the generator's seed
+    steps: bool = False,  # give the hint before the answer
+) -> list[Example]:
+    "List tasks of one difficulty level (see `SEQUENCE_LEVELS`)."
+    check_sample_args(n, split, seed)
+    check_level(level)
+    kinds, (lo, hi) = SEQUENCE_LEVELS[level]
+
+    def draw(rng):
+        kind, k = rng.choice(kinds), rng.randint(lo, hi)
+        if kind == "next":
+            a, d = rng.randint(0, 50), rng.randint(1, 12)
+            xs = [a + i * d for i in range(k)]
+        else:
+            xs = [rng.randint(0, 99) for _ in range(k)]
+        prompt = f"S: {kind} {' '.join(map(str, xs))}="
+        ans = solve_sequence(prompt)
+        return f"seq:{prompt}", Example(prompt, (hint_sequence(prompt) if steps else ans) + "\n", ans)
+
+    return _sample(n, split, random.Random(f"seq-level:{level}:{split}:{seed}"), draw)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #262c5937
+TASK_FAMILIES = MethodRegistry("task family")
+TASK_FAMILIES.add(
+    "arithmetic",
+    arithmetic_level,
+    paper="https://arxiv.org/abs/2307.03381",  # Lee et al. 2023, Teaching Arithmetic to Small Transformers
+    domain="reasoning",
+    solve=solve_arithmetic,
+    hint=hint_arithmetic,
+)
+TASK_FAMILIES.add(
+    "recall",
+    recall_level,
+    paper="https://arxiv.org/abs/2212.14052",  # Fu et al. 2022 (H3): associative recall as the probe of memory
+    domain="memory",
+    solve=solve_recall,
+    hint=hint_recall,
+)
+TASK_FAMILIES.add(
+    "sequence",
+    sequence_level,
+    paper="https://arxiv.org/abs/2402.01032",  # Jelassi et al. 2024, Repeat After Me: copying as a probe
+    domain="reasoning",
+    solve=solve_sequence,
+    hint=hint_sequence,
+)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #a64e0721
+def level_examples(
+    family: str,  # a name in TASK_FAMILIES
+    level: int,  # difficulty level in LEVELS
+    n: int,  # how many examples
+    split: str,  # "train" or "heldout"
+    seed: int,  # the generator's seed
+    steps: bool = False,  # worked solutions as completions
+) -> list[Example]:
+    "`n` examples of `family` at `level`."
+    return TASK_FAMILIES.get(family).fn(level, n, split, seed, steps=steps)
+
+# %% ../../nbs/10_data/00_tasks.ipynb #8bf1c2c3
+def verify(
+    family: str,  # a name in TASK_FAMILIES
+    prompt: str,  # the problem
+    generated: str,  # the model's completion (text after the prompt)
+) -> bool:
+    "Exact verifier: the completion's parsed answer equals the family solver's answer to `prompt`."
+    return parse_answer(generated) == TASK_FAMILIES.get(family).solve(prompt)

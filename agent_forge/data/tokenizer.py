@@ -41,12 +41,16 @@ def train_tokenizer(
     save_dir: Path | None = None,  # if given, save the tokenizer there
     min_frequency: int = 2,  # a pair merges only if seen at least this often
 ) -> PreTrainedTokenizerFast:
-    "Train a byte-level BPE tokenizer with single-digit pre-tokenization."
+    "Train a byte-level BPE tokenizer with single-digit pre-tokenization and `=` always a token of its own."
     if not isinstance(vocab_size, int) or vocab_size < 258:
         raise ConfigError(f"vocab_size must be an int >= 258 (256 bytes + 2 special tokens), got {vocab_size!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split("=", behavior="isolated"),  # `=` ends every task prompt: never merge it onward
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -121,12 +125,17 @@ def random_windows(
 def eval_windows(
     stream: torch.Tensor,  # LongTensor (N,)
     seq_len: int,  # tokens per window
-    max_windows: int,  # at most this many windows
+    max_windows: int,  # how many windows (an error if fewer fit)
 ) -> torch.Tensor:
-    "A LongTensor (n, seq_len) of non-overlapping windows spread evenly over the stream."
+    "A LongTensor (max_windows, seq_len) of non-overlapping windows spread evenly over the stream."
     _check_stream(stream, seq_len)
     if not isinstance(max_windows, int) or max_windows < 1:
         raise ConfigError(f"max_windows must be a positive int, got {max_windows!r}")
     total = len(stream) // seq_len
+    if total < max_windows:
+        raise ConfigError(
+            f"the token stream holds {total} windows of {seq_len} tokens, fewer than the {max_windows} asked for: "
+            "use more documents, a shorter seq_len or fewer windows"
+        )
     idx = torch.linspace(0, total - 1, min(total, max_windows)).round().long()  # (n,) distinct window indices
     return stream[: total * seq_len].view(total, seq_len)[idx]

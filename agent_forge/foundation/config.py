@@ -85,24 +85,36 @@ class PhaseConfig:
 # %% ../../nbs/00_foundation/02_config.ipynb #c667bbd6
 @dataclass
 class CognatePhaseConfig(PhaseConfig):
-    "Phase 1 (Cognate): trunk pretraining and three specialists."
+    "Phase 1 (Cognate): trunk pretraining, three specialists, their gate and the memory and recursion ablations."
 
-    seq_len: int = 128  # tokens per training window
-    batch_size: int = 8  # windows per optimizer step
+    seq_len: int = 128  # tokens per text training window
+    batch_size: int = 8  # text windows per text step
+    task_batch: int = 32  # task examples per task step, one per row, loss on the completion only
     trunk_steps: int = 300  # optimizer steps of the shared trunk
-    specialist_steps: int = 100  # optimizer steps of each specialist, continued from the trunk
-    lr: float = 2e-3  # peak learning rate (warm-up, then cosine)
-    optimizer: str = "mugrokfast"  # a name in `training.train.OPTIMIZERS`
-    general_mix: float = 0.1  # share of general text in the reasoning and memory specialists' data
+    specialist_steps: int = 600  # optimizer steps of the memory and general specialists and of each ablation
+    reasoning_steps: int = 1000  # optimizer steps of the reasoning specialist (arithmetic learns slowest)
+    copy_first_steps: int = 250  # of each specialist's steps, the first ones on copy rows alone (easy first)
+    lr: float = 3e-3  # peak learning rate (warm-up, then cosine)
+    optimizer: str = "adamw"  # a name in `training.train.OPTIMIZERS`
+    general_mix: float = 0.1  # share of text steps of the reasoning and memory specialists
+    domain_mix: float = 0.1  # share of steps on the specialist's own domain documents, loss on every token
+    general_task_mix: float = 0.5  # share of task steps (copy) of the general specialist
+    task_train_examples: int = 4000  # training problems drawn per task family and level
     train_tokens_per_domain: int = 300_000  # training tokens drawn per domain
     tokenizer_chars: int = 1_000_000  # characters of text the BPE tokenizer is trained on
     eval_windows: int = 16  # held-out windows per domain for the loss matrix
-    task_eval_examples: int = 16  # held-out problems per task suite for exact-match accuracy
+    task_eval_examples: int = 64  # held-out problems per task suite for exact-match accuracy
+    curve_points: int = 4  # evaluations along each specialist's run (learning curves)
+    ablations: bool = True  # also train the memory specialist with memory off and with one recursion pass
 
     def validate(self):
-        self._positive("seq_len", "batch_size", "trunk_steps", "specialist_steps", "lr", "train_tokens_per_domain")
+        self._positive("seq_len", "batch_size", "task_batch", "trunk_steps", "specialist_steps", "reasoning_steps")
+        self._positive("lr", "train_tokens_per_domain", "task_train_examples", "curve_points")
+        first = f"copy_first_steps must be in [0, specialist_steps), got {self.copy_first_steps}"
+        self._require(0 <= self.copy_first_steps < min(self.specialist_steps, self.reasoning_steps), first)
         self._positive("tokenizer_chars", "eval_windows", "task_eval_examples")
-        self._fraction("general_mix")
+        self._fraction("general_mix", "domain_mix", "general_task_mix")
+        self._require(self.general_mix + self.domain_mix < 1, "general_mix + domain_mix must leave task steps (< 1)")
         self._choice("optimizer", "agent_forge.training.train", "OPTIMIZERS")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #39647fc9
@@ -120,6 +132,8 @@ class EvoMergePhaseConfig(PhaseConfig):
     eval_windows: int = 16  # held-out windows per domain, split into search and gate halves
     eval_batch: int = 8  # windows per forward pass when measuring loss
     task_examples: int = 4  # held-out problems per task suite in the fitness (0: no accuracy term)
+    gate_task_examples: int = 64  # held-out problems per suite for the gate, disjoint from the search's
+    min_retention: float = 0.9  # gate: merged accuracy on a specialist's own-domain suites / the specialist's
     w_perplexity: float = 0.4  # fitness weight of held-out loss
     w_accuracy: float = 0.3  # fitness weight of exact-match task accuracy
     w_speed: float = 0.2  # fitness weight of measured latency
@@ -138,6 +152,8 @@ class EvoMergePhaseConfig(PhaseConfig):
         self._require(self.eval_windows >= 2, halves)
         self._require(0 <= self.elite < self.population, f"elite must be in [0, population), got {self.elite}")
         self._require(self.task_examples >= 0, f"task_examples must be >= 0, got {self.task_examples}")
+        self._positive("gate_task_examples")
+        self._fraction("min_retention")
         for w in ("w_perplexity", "w_accuracy", "w_speed", "w_memory", "diversity_floor"):
             self._require(getattr(self, w) >= 0, f"{w} must be >= 0, got {getattr(self, w)}")
 
@@ -168,8 +184,9 @@ class QuietStarPhaseConfig(PhaseConfig):
     qs_lr: float = 1e-4  # learning rate of the language model
     head_lr: float = 1e-3  # learning rate of the mixing head and thought embeddings
     policy_weight: float = 0.1  # weight of the REINFORCE term
-    normalize_adv: bool = True  # divide the advantage by its standard deviation
-    thought_nll_weight: float = 0.0  # weight of the post-thought prediction's own NLL
+    normalize_adv: bool = False  # divide the advantage by its standard deviation (True: small rewards become noise)
+    thought_nll_weight: float = 1.0  # weight of the post-thought prediction's own NLL (0: it learns only via w)
+    reward: str = "thought"  # reward: 'thought' (gain of the unmixed post-thought prediction) or 'mixed'
     eval_examples: int = 48  # held-out problems for answer NLL and accuracy
     eval_windows: int = 8  # held-out text windows
     eval_positions: int = 16  # positions per held-out window that are scored
@@ -182,6 +199,7 @@ class QuietStarPhaseConfig(PhaseConfig):
         self._positive(*ints, "bake_lr", "qs_lr", "head_lr")
         self._fraction("text_frac")
         self._require(self.policy_weight >= 0 and self.thought_nll_weight >= 0, "loss weights must be >= 0")
+        self._require(self.reward in ("thought", "mixed"), f"reward must be thought or mixed, got {self.reward!r}")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #48748c3b
 @dataclass
@@ -205,13 +223,13 @@ class BitNetPhaseConfig(PhaseConfig):
     speed_prompt_len: int = 32  # prompt tokens in the decoding-speed test
     speed_new_tokens: int = 16  # generated tokens in the decoding-speed test
     speed_repeats: int = 3  # repeats of the decoding-speed test
-    float_control: bool = False  # also train a float model with the same recipe, as the gate's baseline
-    max_ppl_increase: float = 0.10  # gate: largest allowed relative perplexity increase
+    max_ppl_increase: float = 0.25  # gate: largest perplexity increase over the float control (same recipe)
+    min_accuracy_retention: float = 0.8  # gate: ternary exact match / the float control's, suites pooled
 
     def validate(self):
         self._positive("seq_len", "batch_size", "qat_steps", "qat_lr", "train_tokens_per_domain", "calib_windows")
         self._positive("eval_windows", "task_eval_examples", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
-        self._fraction("qat_stage2_frac")
+        self._fraction("qat_stage2_frac", "min_accuracy_retention")
         self._choice("qat_optimizer", "agent_forge.compress.bitnet", "QAT_OPTIMIZERS")
         self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
         # a negative limit demands an improvement; below -1 no perplexity could pass
@@ -290,17 +308,17 @@ PRESETS = {
             memory_hidden_size=128, memory_chunk_size=32, trm_intermediate_size=1024, trm_latent_steps=6,
             trm_recursions=3, trm_supervision_steps=2,
         ),
-        1: dict(seq_len=512, batch_size=32, trunk_steps=6000, specialist_steps=2000, lr=1e-3,
+        1: dict(seq_len=512, batch_size=32, trunk_steps=6000, specialist_steps=2000, reasoning_steps=6000, lr=1e-3,
                 train_tokens_per_domain=3_000_000, tokenizer_chars=5_000_000, eval_windows=128,
-                task_eval_examples=200),
-        2: dict(generations=50, seq_len=512, eval_windows=64, eval_batch=16, task_examples=16),
+                task_eval_examples=200, task_train_examples=100_000),
+        2: dict(generations=50, seq_len=512, eval_windows=64, eval_batch=16, task_examples=16, gate_task_examples=200),
         3: dict(max_digits=3, bake_shots=4, bake_inputs=512, bake_heldout=128, bake_steps=600, bake_batch=32,
                 bake_max_new=64, positions=8, seq_len=256, batch_size=16, train_windows=20000, qs_steps=1000,
                 eval_examples=400, eval_windows=64, eval_positions=32, eval_thoughts=2, throughput_pairs=64,
                 show_thoughts=8),
         4: dict(seq_len=512, batch_size=32, qat_steps=2000, qat_lr=1.5e-3, qat_warmup=100,
                 train_tokens_per_domain=5_000_000, calib_windows=8, eval_windows=256, task_eval_examples=500,
-                speed_prompt_len=64, speed_new_tokens=32, float_control=True),
+                speed_prompt_len=64, speed_new_tokens=32, max_ppl_increase=0.10, min_accuracy_retention=0.95),
     },
 }
 

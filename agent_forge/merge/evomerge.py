@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 # %% auto #0
 __all__ = ['FITNESS_WEIGHTS', 'GA_METHODS', 'recipe_hash', 'merge_recipe', 'model_bytes', 'measure', 'check_weights',
            'fitness_terms', 'fitness', 'MergeEvaluator', 'GAConfig', 'decode_genome', 'genome_distance', 'diversity',
-           'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search']
+           'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search', 'window_nll', 'mean_se', 'binomial_se',
+           'disjoint_problems', 'uniform_recipe', 'term_spread', 'merge_gate']
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #9e6cdbe1
 import cma
@@ -589,3 +590,127 @@ def cma_search(
                 f"sigma {h['sigma']:.3f}  evals {h['evaluations']}"
             )
     return state
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #4d5b6e8c
+@torch.no_grad()
+def window_nll(
+    model: torch.nn.Module,  # a causal LM
+    windows: torch.Tensor,  # (N, T) token ids
+    batch_size: int = 16,  # windows per forward pass
+) -> torch.Tensor:
+    "Mean next-token NLL of each window: a float64 tensor (N,), whose mean is the token-mean loss."
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i : i + batch_size].to(dev)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        out.append(nll.mean(1).double().cpu())
+    model.train(was)
+    return torch.cat(out)
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #c92ac3ee
+def mean_se(values) -> tuple[float, float]:  # numbers (at least two)
+    "Mean and standard error of the mean (sample standard deviation / sqrt(n))."
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if x.size < 2:
+        raise ConfigError(f"a standard error needs at least two values, got {x.size}")
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #be86616c
+def binomial_se(p: float, n: int) -> float:  # a success rate and the number of problems behind it
+    "Standard error sqrt(p(1-p)/n) of an exact-match rate over `n` problems."
+    if n < 1 or not 0 <= p <= 1:
+        raise ConfigError(f"binomial_se needs 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
+    return math.sqrt(p * (1 - p) / n)
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #a39256c1
+def disjoint_problems(
+    suites: dict,  # suite -> [Example], e.g. `task_sets(2 * (n_search + n_gate), seed)`
+    n_search: int,  # problems per suite for the search
+    n_gate: int,  # problems per suite for the gate
+) -> tuple[dict, dict]:
+    "Split each suite into search and gate problems with no prompt in both; raise if too few distinct prompts."
+    search, gate = {}, {}
+    for name, exs in suites.items():
+        seen, uniq = set(), []
+        for e in exs:
+            if e.prompt not in seen:
+                seen.add(e.prompt)
+                uniq.append(e)
+        if len(uniq) < n_search + n_gate:
+            raise ConfigError(
+                f"suite {name!r} has {len(uniq)} distinct problems, {n_search} + {n_gate} are needed; draw more"
+            )
+        search[name], gate[name] = uniq[:n_search], uniq[n_search : n_search + n_gate]
+    return search, gate
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #53c2c3c4
+def uniform_recipe(n_parents: int) -> dict:  # number of parents
+    "The uniform linear merge (model soup): equal weights, the recipe of the GA's first genome."
+    return {"method": "linear", "params": {"weights": [1.0] * n_parents}}
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #65addfa0
+def term_spread(
+    cache: dict,  # a search state's fitness cache: recipe hash -> measurements with "terms"
+    weights: dict,  # the fitness weights
+) -> dict:
+    "Per fitness term: weight, min, max and standard deviation over the candidates, and weight x std."
+    w = check_weights(weights)
+    out = {}
+    for k in FITNESS_WEIGHTS:
+        vals = [r["terms"][k] for r in cache.values() if k in r.get("terms", {})]
+        if not vals:
+            continue
+        sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out[k] = dict(weight=w[k], min=min(vals), max=max(vals), std=sd, weighted_std=w[k] * sd)
+    return out
+
+# %% ../../nbs/40_merge/02_evomerge.ipynb #80d6b9aa
+def merge_gate(
+    loss: dict,  # model -> per-window held-out NLL on the gate half (1-D, the same windows for every model)
+    accuracy: dict,  # model -> {specialist: (exact-match rate, problems) on that specialist's own-domain suites}
+    specialists: Sequence[str],  # the parents, each judged on its own domain
+    min_retention: float = 0.9,  # merged accuracy >= this x the specialist's ...
+    z: float = 2.0,  # ... unless the shortfall is within z standard errors of the difference
+    merged: str = "merged",  # the key of the merge in `loss` and `accuracy`
+    baselines: Sequence[str] = ("uniform", "trunk"),  # models the merge must beat besides the specialists
+) -> list[dict]:
+    "The Phase 2 gate's checks, each a dict with `check`, `ok`, the figures and their standard errors."
+    m = torch.as_tensor(loss[merged], dtype=torch.float64)
+    checks = []
+    for name in [*baselines, *specialists]:
+        o = torch.as_tensor(loss[name], dtype=torch.float64)
+        if o.shape != m.shape:
+            raise ConfigError(f"{name}: {tuple(o.shape)} windows, the merge has {tuple(m.shape)}")
+        diff, diff_se = mean_se((m - o).tolist())
+        checks.append(
+            dict(
+                check=f"loss below {name}",
+                ok=diff < 0,
+                merged=float(m.mean()),
+                other=float(o.mean()),
+                diff=diff,
+                se=diff_se,
+            )
+        )
+    for spec in specialists:
+        (a, na), (b, nb) = accuracy[merged][spec], accuracy[spec][spec]
+        sa, sb = binomial_se(a, na), binomial_se(b, nb)
+        short, short_se = a - min_retention * b, math.sqrt(sa**2 + (min_retention * sb) ** 2)
+        checks.append(
+            dict(
+                check=f"{spec}'s own-domain accuracy: merged >= {min_retention:.0%} of {spec}",
+                ok=short >= -z * short_se,
+                merged=a,
+                merged_se=sa,
+                other=b,
+                other_se=sb,
+                diff=short,
+                se=short_se,
+                retention=a / b if b > 0 else None,
+            )
+        )
+    return checks

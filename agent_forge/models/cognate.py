@@ -57,13 +57,14 @@ class CognateConfig(PretrainedConfig):
         memory_conv_kernel: int = 4,  # causal conv width of the memory's q/k/v
         memory_max_lr: float = 0.1,  # largest inner learning rate
         memory_max_grad_norm: float = 1.0,  # inner-loop gradient clip per head and chunk
+        use_memory: bool = True,  # gate attention by the Titans memory; False: attention only (the ablation)
         trm_intermediate_size: int = 256,  # width of the recursion network f
         trm_latent_steps: int = 2,  # n: z <- f(x + y + z) per recursion
         trm_recursions: int = 2,  # T: recursions per pass, T-1 without gradient
         trm_supervision_steps: int = 2,  # N_sup: deep-supervision passes
         halt_bias_init: float = -5.0,  # initial bias of the halting head
         halt_loss_weight: float = 0.5,  # weight of the halting BCE in each pass's loss
-        halt_at_inference: bool = False,  # in eval, keep each position's answer from the pass where it halted
+        halt_at_inference: bool = False,  # in eval, stop each position at its halting pass (later passes skip it)
         initializer_range: float = 0.02,  # std of the normal weight init
         tie_word_embeddings: bool = True,  # the LM head shares the embedding matrix
         bos_token_id: int = 0,  # <|endoftext|>
@@ -88,6 +89,7 @@ class CognateConfig(PretrainedConfig):
         self.memory_conv_kernel = memory_conv_kernel
         self.memory_max_lr = memory_max_lr
         self.memory_max_grad_norm = memory_max_grad_norm
+        self.use_memory = use_memory
         self.trm_intermediate_size = trm_intermediate_size
         self.trm_latent_steps = trm_latent_steps
         self.trm_recursions = trm_recursions
@@ -235,10 +237,12 @@ class CognateDecoderLayer(nn.Module):
         self.memory_norm = CognateRMSNorm(C, eps)
         self.post_attention_layernorm = CognateRMSNorm(C, eps)
         self.mlp = CognateMLP(C, config.intermediate_size)
+        self.use_memory = config.use_memory
 
     def forward(self, x):  # (B, T, C)
         u = self.input_layernorm(x)
-        x = x + self.attn_norm(self.self_attn(u)) * torch.sigmoid(self.memory_norm(self.memory(u)))
+        a = self.attn_norm(self.self_attn(u))
+        x = x + (a * torch.sigmoid(self.memory_norm(self.memory(u))) if self.use_memory else a)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 # %% ../../nbs/20_models/01_cognate.ipynb #2c8b65c7
@@ -399,9 +403,16 @@ def forward(
     passes = torch.full((B, T), self.config.trm_supervision_steps, device=x.device)
     losses, halts = [], []
     for s in range(self.config.trm_supervision_steps):
-        y_new, z, q = self.recursion(x, y, z)
-        y = torch.where(halted[..., None], y, y_new) if halt_at else y_new
-        logits = self.lm_head(y)  # (B, T, V)
+        if halt_at:  # run the recursion only on the positions that have not halted
+            run = (~halted).nonzero(as_tuple=True)  # (B, T) indices of running positions
+            y, z, q = y.clone(), z.clone(), halts[-1].clone() if halts else x.new_zeros(B, T)
+            if len(run[0]):
+                y_run, z_run, q_run = self.recursion(x[run][None], y[run][None], z[run][None])
+                y[run], z[run], q[run] = y_run[0], z_run[0], q_run[0]
+        else:
+            y, z, q = self.recursion(x, y, z)
+        if labels is not None or not halt_at or s + 1 == self.config.trm_supervision_steps:
+            logits = self.lm_head(y)  # (B, T, V)
         halts.append(q)
         newly = (q > 0) & ~halted
         passes = torch.where(newly, torch.full_like(passes, s + 1), passes)

@@ -8,17 +8,18 @@ Docs: https://agent-forge.github.io/agent-forge/30_training/evaluate.html.md"""
 from __future__ import annotations
 import math, time
 from collections import defaultdict
+from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['TASK_DOMAIN', 'domain_stream', 'heldout_sets', 'heldout_loss', 'domain_losses', 'perplexity', 'task_sets',
-           'greedy_complete', 'task_accuracy']
+__all__ = ['SUITES', 'DOMAIN_SUITES', 'domain_stream', 'heldout_sets', 'heldout_loss', 'domain_losses', 'perplexity', 'task_sets',
+           'greedy_complete', 'TaskScore', 'task_score', 'task_accuracy', 'suite_scores', 'domain_task_scores']
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #981748b7
 import torch
 import torch.nn.functional as F
 from ..foundation.core import ConfigError
 from ..data.corpora import DOMAINS, domain_documents
-from ..data.tasks import Example, arithmetic_examples, parse_answer, recall_examples, sequence_examples
+from ..data.tasks import TASK_FAMILIES, Example, level_examples, parse_answer
 from ..data.tokenizer import eval_windows, tokenize_documents
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #a3223bec
@@ -29,19 +30,19 @@ def domain_stream(
     min_tokens: int,  # grow the document count until the stream is this long
     seed: int = 0,  # seed of the document sample
 ) -> torch.Tensor:
-    "A LongTensor (N,) of at least `min_tokens` tokens of `domain`'s `split` documents (or all there are)."
-    n, last = 64, None
+    "A LongTensor (N,) of at least `min_tokens` tokens of `domain`'s `split` documents; an error if there are fewer."
+    n = 64
     while True:
         try:
             docs = domain_documents(domain, split, n, seed)
-        except ConfigError:
-            if last is None:
-                raise
-            return last
-        last = tokenize_documents(tokenizer, docs)
-        if len(last) >= min_tokens:
-            return last
-        n = max(2 * n, int(n * 1.2 * min_tokens / max(1, len(last))))
+        except ConfigError as e:
+            raise ConfigError(
+                f"the {split} split of {domain} cannot supply {min_tokens:,} tokens ({e}); ask for fewer tokens"
+            ) from e
+        stream = tokenize_documents(tokenizer, docs)
+        if len(stream) >= min_tokens:
+            return stream
+        n = max(2 * n, int(n * 1.2 * min_tokens / max(1, len(stream))))
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #39319ebd
 def heldout_sets(
@@ -92,20 +93,31 @@ def perplexity(loss: float) -> float:  # a mean NLL in nats
     return math.exp(loss) if loss < 700 else float("inf")
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #f48212e2
+# suite: (task family, level); the easy levels a tiny model learns in minutes
+SUITES = {
+    "add": ("arithmetic", 1),  # 1- to 2-digit addition
+    "add2": ("arithmetic", 3),  # 2-digit addition with carries
+    "copy4": ("sequence", 2),  # copy of 4 items
+    "rev": ("sequence", 3),  # reverse of 2 to 4 items
+    "recall2": ("recall", 1),  # 2-pair recall
+    "recall4": ("recall", 3),  # 4-pair recall
+}
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #ae105850
+# domain: the suites that measure it (copy of 4 items is in every domain's suites)
+DOMAIN_SUITES = {
+    "reasoning": ("add", "add2", "rev", "copy4"),
+    "memory": ("recall2", "recall4", "copy4"),
+    "general": ("copy4",),
+}
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #200123a0
 def task_sets(
-    n: int,  # examples per task
+    n: int,  # held-out problems per suite
     seed: int = 0,  # seed of the examples
 ) -> dict[str, list[Example]]:
-    "Held-out exact-answer suites: arithmetic (bare and worked), recall and sequences."
-    return {
-        "arithmetic": arithmetic_examples(n, "heldout", seed),
-        "arithmetic_steps": arithmetic_examples(n, "heldout", seed + 1, steps=True),
-        "recall": recall_examples(n, "heldout", seed),
-        "sequence": sequence_examples(n, "heldout", seed),
-    }
-
-# %% ../../nbs/30_training/02_evaluate.ipynb #c4642b47
-TASK_DOMAIN = {"arithmetic": "reasoning", "arithmetic_steps": "reasoning", "recall": "memory", "sequence": "reasoning"}
+    "The held-out exact-answer suites of `SUITES`, `n` distinct problems each."
+    return {s: level_examples(fam, lv, n, "heldout", seed) for s, (fam, lv) in SUITES.items()}
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #8c3204ad
 @torch.no_grad()
@@ -116,7 +128,7 @@ def greedy_complete(
     max_new_tokens: int,  # decoding budget per prompt
     batch_size: int = 32,  # prompts (of one token length) per batch
 ) -> list[str]:
-    "Greedy completions of `prompts`, each cut at its first newline."
+    "Greedy completions of `prompts`, each cut at its first eos, then at its first newline."
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -139,12 +151,55 @@ def greedy_complete(
                 done |= torch.tensor(["\n" in t for t in texts], device=dev)
                 if done.all():
                     break
-            for i, t in zip(idx, tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)):
-                out[i] = t.split("\n", 1)[0]
+            for i, row in zip(idx, ids[:, start:].tolist()):
+                row = row[: row.index(eos)] if eos in row else row  # nothing after eos reaches the grader
+                out[i] = tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0]
     model.train(was)
     return out
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #da582c38
+@dataclass(frozen=True)
+class TaskScore:
+    "Exact-match accuracy over `n` problems, with its standard error."
+
+    mean: float  # fraction of problems answered exactly
+    se: float  # standard error of the mean: sqrt(mean * (1 - mean) / n)
+    n: int  # problems graded
+
+    @classmethod
+    def of(cls, correct: list) -> "TaskScore":  # one bool per problem
+        "The score of a list of per-problem outcomes."
+        if not correct:
+            raise ConfigError("a task score needs at least one graded problem")
+        n, p = len(correct), sum(map(bool, correct)) / len(correct)
+        return cls(p, math.sqrt(p * (1 - p) / n), n)
+
+    @classmethod
+    def pool(cls, scores: list) -> "TaskScore":  # TaskScores of disjoint problem sets
+        "The score of several suites' problems taken together."
+        k, n = sum(round(s.mean * s.n) for s in scores), sum(s.n for s in scores)
+        return cls.of([True] * k + [False] * (n - k))
+
+    def __str__(self):
+        return f"{self.mean:.3f} ± {self.se:.3f}"
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #4953f49d
+def task_score(
+    model,  # a causal LM
+    tokenizer,  # its tokenizer
+    examples: list[Example],  # the suite to grade
+    max_new_tokens: int | None = None,  # decoding budget (default: longest completion + 2 tokens)
+    batch_size: int = 32,  # prompts per batch
+) -> TaskScore:
+    "Exact-match score of `model` on `examples` (greedy completion through `parse_answer`), with its standard error."
+    if not examples:
+        raise ConfigError("task_score needs at least one example")
+    if max_new_tokens is None:
+        max_new_tokens = 2 + max(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in examples)
+    got = greedy_complete(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size)
+    return TaskScore.of([parse_answer(g) == e.answer for g, e in zip(got, examples)])
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #1cacaac2
 def task_accuracy(
     model,  # a causal LM
     tokenizer,  # its tokenizer
@@ -152,10 +207,23 @@ def task_accuracy(
     max_new_tokens: int | None = None,  # decoding budget (default: longest completion + 2 tokens)
     batch_size: int = 32,  # prompts per batch
 ) -> float:
-    "Fraction of `examples` whose greedy completion parses to exactly the answer."
-    if not examples:
-        raise ConfigError("task_accuracy needs at least one example")
-    if max_new_tokens is None:
-        max_new_tokens = 2 + max(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in examples)
-    got = greedy_complete(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size)
-    return sum(parse_answer(g) == e.answer for g, e in zip(got, examples)) / len(examples)
+    "Fraction of `examples` whose greedy completion parses to exactly the answer (`task_score(...).mean`)."
+    return task_score(model, tokenizer, examples, max_new_tokens, batch_size).mean
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #2de31805
+def suite_scores(
+    model,  # a causal LM
+    tokenizer,  # its tokenizer
+    tasks: dict,  # suite -> held-out examples, e.g. from `task_sets`
+    batch_size: int = 32,  # prompts per batch
+) -> dict[str, TaskScore]:
+    "The score of `model` on every suite of `tasks`."
+    return {s: task_score(model, tokenizer, ex, batch_size=batch_size) for s, ex in tasks.items()}
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #b89133b8
+def domain_task_scores(
+    scores: dict,  # suite -> TaskScore, from `suite_scores`
+    domain_suites: dict = DOMAIN_SUITES,  # domain -> the suites that measure it
+) -> dict[str, TaskScore]:
+    "Each domain's task score: its suites' problems pooled."
+    return {d: TaskScore.pool([scores[s] for s in suites]) for d, suites in domain_suites.items()}

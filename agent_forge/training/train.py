@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'make_optimizer', 'TrainConfig', 'lr_multiplier', 'train_lm']
+__all__ = ['OPTIMIZERS', 'make_optimizer', 'TrainConfig', 'lr_multiplier', 'train_lm', 'encode_examples', 'pad_rows',
+           'mixed_batches']
 
 # %% ../../nbs/30_training/01_train.ipynb #ea0bcbd6
 import torch
 from accelerate import Accelerator
 from ..foundation.core import ConfigError, NotBuiltError, seed_everything
 from ..foundation.methods import MethodRegistry
+from ..data.tokenizer import random_windows
 
 # %% ../../nbs/30_training/01_train.ipynb #8cd11811
 OPTIMIZERS = MethodRegistry("optimizer")
@@ -117,7 +119,7 @@ def _progress_line(name, step, steps, loss, lr, tokens, seconds):
 
 def train_lm(
     model: torch.nn.Module,  # a causal LM returning `.loss` given `labels`
-    next_batch: Callable,  # generator -> (B, T) LongTensor
+    next_batch: Callable,  # generator -> (B, T) LongTensor, or a pair (input_ids, labels)
     cfg: TrainConfig,  # steps, lr, schedule, optimizer
     eval_fn: Callable | None = None,  # model -> dict of held-out metrics
     eval_every: int = 0,  # steps between evaluations (0: only at the end)
@@ -138,8 +140,10 @@ def train_lm(
     every = max(1, math.ceil(cfg.steps / 10))  # steps between progress lines
     model.train()
     for step in range(cfg.steps):
-        ids = next_batch(gen).to(acc.device)
-        loss = model(input_ids=ids, labels=ids).loss
+        batch = next_batch(gen)
+        ids, labels = batch if isinstance(batch, tuple) else (batch, batch)
+        ids, labels = ids.to(acc.device), labels.to(acc.device)
+        loss = model(input_ids=ids, labels=labels).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
         acc.backward(loss)
@@ -177,3 +181,68 @@ def train_lm(
         wb.summary.update(dict(tokens=tokens, wall_s=wall))
         wb.finish()
     return dict(history=history, evals=evals, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall)
+
+# %% ../../nbs/30_training/01_train.ipynb #c18f8aef
+def encode_examples(
+    tokenizer,  # the fast tokenizer the grader uses
+    examples: list,  # `agent_forge.data.tasks.Example`s
+    max_len: int | None = None,  # refuse rows longer than this (e.g. the model's training length)
+) -> list[tuple[list[int], int]]:
+    "Each example as (token ids of prompt + completion + eos, number of prompt tokens)."
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no eos token")
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    fulls = tokenizer([e.text for e in examples], add_special_tokens=False)["input_ids"]
+    rows = []
+    for e, p, f in zip(examples, prompts, fulls):
+        if f[: len(p)] != p:
+            raise ConfigError(f"the prompt's tokens are not a prefix of the example's tokens: {e.text!r}")
+        if max_len is not None and len(f) + 1 > max_len:
+            raise ConfigError(f"an example has {len(f) + 1} tokens, more than max_len={max_len}: {e.text!r}")
+        rows.append((f + [eos], len(p)))
+    return rows
+
+# %% ../../nbs/30_training/01_train.ipynb #ef5e27c9
+def pad_rows(
+    rows: list,  # (token ids, prompt length) pairs from `encode_examples`
+    pad_id: int,  # the padding token
+) -> tuple[torch.Tensor, torch.Tensor]:
+    "(input_ids, labels), both (B, longest row): right-padded, labels -100 on the prompts and the padding."
+    T = max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), -100, dtype=torch.long)
+    for b, (r, p) in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        labels[b, p : len(r)] = torch.tensor(r[p:])
+    return ids, labels
+
+# %% ../../nbs/30_training/01_train.ipynb #8bdccf90
+def mixed_batches(
+    rows: list,  # task rows from `encode_examples` (may be empty when `weights` gives tasks no share)
+    streams: dict,  # name -> token stream (N,) for text windows, loss on every token
+    weights: dict,  # "tasks" and stream names -> share of optimizer steps
+    batch_size: int,  # task rows per step
+    seq_len: int,  # tokens per text window
+    text_batch_size: int,  # text windows per step
+    pad_id: int,  # padding token of the task rows
+) -> Callable:
+    "A `next_batch(generator) -> (input_ids, labels)` that draws each step's source by `weights`."
+    names = list(weights)
+    if set(names) - set(streams) - {"tasks"}:
+        raise ConfigError(f"weights name unknown sources {sorted(set(names) - set(streams) - {'tasks'})}")
+    if weights.get("tasks", 0) > 0 and not rows:
+        raise ConfigError("tasks have a share of the steps but there are no task rows")
+    w = torch.tensor([float(weights[n]) for n in names])
+    if not (w >= 0).all() or w.sum() <= 0:
+        raise ConfigError(f"weights must be >= 0 with a positive sum, got {weights}")
+
+    def next_batch(g):
+        src = names[int(torch.multinomial(w, 1, generator=g))]
+        if src == "tasks":
+            pick = torch.randint(0, len(rows), (batch_size,), generator=g).tolist()
+            return pad_rows([rows[i] for i in pick], pad_id)
+        ids = random_windows(streams[src], seq_len, text_batch_size, g)
+        return ids, ids
+
+    return next_batch
