@@ -709,7 +709,7 @@ def save_packed_module(
     save_file(tensors, str(file), metadata=meta)
     return Path(file)
 
-
+# %% ../../nbs/70_compress/00_bitnet.ipynb #d46bcddf
 def load_packed_module(
     module: nn.Module,  # a freshly built module of the same structure, float layers where the file has ternary ones
     file: Path,  # written by `save_packed_module`

@@ -264,7 +264,7 @@ def solve_arithmetic(prompt: str) -> str:  # an arithmetic prompt, e.g. "Q: 25+6
     a, op, b = int(m[1]), m[2], int(m[3])
     return str(a + b if op == "+" else a - b if op == "-" else a * b)
 
-
+# %% ../../nbs/10_data/00_tasks.ipynb #9eb25782
 def hint_arithmetic(prompt: str) -> str:  # an arithmetic prompt
     "The worked solution of an arithmetic prompt: place-value steps ending in ` = ANSWER`."
     m = _ARITH_RE.match(prompt)
@@ -346,7 +346,7 @@ def solve_recall(prompt: str) -> str:  # a recall prompt, e.g. "R: ab=12 cd=34 ?
         raise ConfigError(f"the key {q!r} occurs {len(vals)} times in {prompt!r}")
     return vals[0]
 
-
+# %% ../../nbs/10_data/00_tasks.ipynb #7918cc6e
 def hint_recall(prompt: str) -> str:  # a recall prompt
     "Where the key is and what it holds, ending in ` = VALUE`."
     pairs, q = _recall_parts(prompt)
@@ -417,7 +417,7 @@ def solve_sequence(prompt: str) -> str:  # a sequence prompt, e.g. "S: rev 4 81 
         return str(xs[-1] + xs[1] - xs[0])
     return " ".join(map(str, xs[::-1] if kind == "rev" else sorted(xs) if kind == "sort" else xs))
 
-
+# %% ../../nbs/10_data/00_tasks.ipynb #4f1bf816
 def hint_sequence(prompt: str) -> str:  # a sequence prompt
     "A worked line for a sequence prompt, ending in ` = ANSWER`."
     kind, xs = _seq_parts(prompt)

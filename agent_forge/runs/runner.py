@@ -32,7 +32,7 @@ from .registry import Registry
 # %% ../../nbs/80_runs/01_runner.ipynb #79af2da2
 ALL_PHASES = f"{PHASES[0].number}-{PHASES[-1].number}"  # every phase, as a `--phases` range
 
-
+# %% ../../nbs/80_runs/01_runner.ipynb #3f0aa5e8
 def parse_phases(spec: str) -> list[int]:  # e.g. '1-8', '1,3', '2'
     "Sorted phase numbers selected by `spec`."
     out = set()
