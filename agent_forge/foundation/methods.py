@@ -1,5 +1,4 @@
-"""One pattern for every table of named methods: an entry with its paper, a decorator that registers a
-function where it is defined, and `get(name)` that says which names exist.
+"""One registry pattern for every table of named methods.
 
 Docs: https://agent-forge.github.io/agent-forge/00_foundation/methods.html.md"""
 

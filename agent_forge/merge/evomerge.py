@@ -1,5 +1,4 @@
-"""Evolutionary search over merge recipes: a genetic algorithm over method and parameters, and CMA-ES over
-per-layer weights and densities; fitness measured on held-out data, cached by recipe hash, resumable.
+"""Evolutionary search over merge recipes (GA and CMA-ES), measured on held-out data.
 
 Docs: https://agent-forge.github.io/agent-forge/40_merge/evomerge.html.md"""
 
@@ -15,8 +14,8 @@ from typing import Callable, Sequence
 # %% auto #0
 __all__ = ['FITNESS_WEIGHTS', 'GA_METHODS', 'recipe_hash', 'merge_recipe', 'model_bytes', 'measure', 'check_weights',
            'fitness_terms', 'fitness', 'MergeEvaluator', 'GAConfig', 'decode_genome', 'genome_distance', 'diversity',
-           'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search', 'window_nll', 'mean_se', 'binomial_se',
-           'disjoint_problems', 'uniform_recipe', 'term_spread', 'merge_gate']
+           'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search', 'window_nll', 'disjoint_problems',
+           'uniform_recipe', 'term_spread', 'merge_gate']
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #9e6cdbe1
 import cma
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from ..foundation.core import ConfigError, timed
 from .methods import MERGE_METHODS, get_method, layer_of, count_layers, load_state, model_state
+from ..training.evaluate import binomial_se, mean_se
+
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #394c52ee
 def recipe_hash(recipe: dict) -> str:  # a JSON-serialisable recipe
@@ -610,21 +611,6 @@ def window_nll(
         out.append(nll.mean(1).double().cpu())
     model.train(was)
     return torch.cat(out)
-
-# %% ../../nbs/40_merge/02_evomerge.ipynb #c92ac3ee
-def mean_se(values) -> tuple[float, float]:  # numbers (at least two)
-    "Mean and standard error of the mean (sample standard deviation / sqrt(n))."
-    x = np.asarray(values, dtype=float).reshape(-1)
-    if x.size < 2:
-        raise ConfigError(f"a standard error needs at least two values, got {x.size}")
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
-
-# %% ../../nbs/40_merge/02_evomerge.ipynb #be86616c
-def binomial_se(p: float, n: int) -> float:  # a success rate and the number of problems behind it
-    "Standard error sqrt(p(1-p)/n) of an exact-match rate over `n` problems."
-    if n < 1 or not 0 <= p <= 1:
-        raise ConfigError(f"binomial_se needs 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
-    return math.sqrt(p * (1 - p) / n)
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #a39256c1
 def disjoint_problems(

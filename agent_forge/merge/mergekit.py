@@ -1,5 +1,4 @@
-"""Read mergekit's YAML merge configs and run them on local Hugging Face checkpoints with
-`agent_forge.merge.methods`, writing a Hugging Face checkpoint.
+"""Run mergekit's YAML merge configs on local Hugging Face checkpoints.
 
 Docs: https://agent-forge.github.io/agent-forge/40_merge/mergekit.html.md"""
 

@@ -1,5 +1,4 @@
-"""Model-merging operators on state dicts (linear, SLERP, task arithmetic, TIES, DARE, Breadcrumbs,
-passthrough) and data-flow-space layer routing (DFS), each registered by name with its paper.
+"""Model-merging operators on state dicts, each registered by name with its paper.
 
 Docs: https://agent-forge.github.io/agent-forge/40_merge/methods.html.md"""
 

@@ -1,5 +1,4 @@
-"""What every phase notebook starts with, and the tables it shows: `start_phase` opens the run folder,
-tracking, registry, seed and timer from the notebook's parameters; `Table` formats measured numbers.
+"""What every phase notebook starts with, and the tables it shows.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/report.html.md"""
 

@@ -26,7 +26,7 @@ from agent_forge.foundation.core import (
     project_root,
     wandb_env,
 )
-from ..foundation.config import PHASES, get_phase, get_preset, phase_config, phase_params
+from ..foundation.config import PHASES, get_phase, get_preset, phase_config
 from .registry import Registry
 
 # %% ../../nbs/80_runs/01_runner.ipynb #79af2da2
@@ -151,8 +151,7 @@ def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: 
             f"note: {nb.name} is not phase {n}'s registered notebook ({ph.notebook}): "
             "no typed config checks its parameters"
         )
-        p = phase_params(preset, n) if ph.config is not None and nb.name == ph.notebook else {}
-        return {**p, **knobs}
+        return dict(knobs)
     fields = set(ph.config().params())
     have = set(declared) - set(INJECTED)
     if have != fields:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['SUITES', 'DOMAIN_SUITES', 'domain_stream', 'heldout_sets', 'heldout_loss', 'domain_losses', 'perplexity', 'task_sets',
-           'greedy_complete', 'TaskScore', 'task_score', 'task_accuracy', 'suite_scores', 'domain_task_scores']
+           'greedy_complete', 'mean_se', 'binomial_se', 'TaskScore', 'task_score', 'task_accuracy', 'suite_scores',
+           'domain_task_scores']
 
 # %% ../../nbs/30_training/02_evaluate.ipynb #981748b7
 import torch
@@ -157,6 +158,21 @@ def greedy_complete(
     model.train(was)
     return out
 
+# %% ../../nbs/30_training/02_evaluate.ipynb #c92ac3ee
+def mean_se(values) -> tuple[float, float]:  # numbers (at least two)
+    "Mean and standard error of the mean (sample standard deviation / sqrt(n))."
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if x.numel() < 2:
+        raise ConfigError(f"a standard error needs at least two values, got {x.numel()}")
+    return float(x.mean()), float(x.std(correction=1) / math.sqrt(x.numel()))
+
+# %% ../../nbs/30_training/02_evaluate.ipynb #be86616c
+def binomial_se(p: float, n: int) -> float:  # a success rate and the number of problems behind it
+    "Standard error sqrt(p(1-p)/n) of an exact-match rate over `n` problems."
+    if n < 1 or not 0 <= p <= 1:
+        raise ConfigError(f"binomial_se needs 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
+    return math.sqrt(p * (1 - p) / n)
+
 # %% ../../nbs/30_training/02_evaluate.ipynb #da582c38
 @dataclass(frozen=True)
 class TaskScore:
@@ -178,7 +194,9 @@ class TaskScore:
     def pool(cls, scores: list) -> "TaskScore":  # TaskScores of disjoint problem sets
         "The score of several suites' problems taken together."
         k, n = sum(round(s.mean * s.n) for s in scores), sum(s.n for s in scores)
-        return cls.of([True] * k + [False] * (n - k))
+        if n < 1:
+            raise ConfigError("a task score needs at least one graded problem")
+        return cls(k / n, binomial_se(k / n, n), n)
 
     def __str__(self):
         return f"{self.mean:.3f} ± {self.se:.3f}"

@@ -1,5 +1,4 @@
-"""Gradient filters that amplify slow gradients (Grokfast), Newton-Schulz orthogonalised momentum (Muon), and the
-optimizer that combines them with AdamW for the parameters Muon is not meant for.
+"""Grokfast gradient filters, Muon, and MuGrokfast that combines them with AdamW.
 
 Docs: https://agent-forge.github.io/agent-forge/30_training/optim.html.md"""
 

@@ -1,6 +1,4 @@
-"""One loop for every phase that trains a language model: Hugging Face `accelerate` for devices, a warm-up + cosine
-schedule the optimizer really reads, gradient clipping, a compact progress line, and offline wandb logging into
-the run folder.
+"""One training loop for every phase that trains a language model.
 
 Docs: https://agent-forge.github.io/agent-forge/30_training/train.html.md"""
 
