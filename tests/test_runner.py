@@ -83,7 +83,7 @@ def test_tampered_artifact_makes_resume_restart_there(project):
     lines = []
     run(None, "1-4", "r3", resume=True, log=lines.append)
     assert calls(project, "r3") == [1, 2, 4, 2, 4]
-    assert any(l.startswith("resuming at phase 2 (check): artifact") and "data.txt changed" in l for l in lines)
+    assert any(l.startswith("resuming at phase 2 (check): output artifact") and "data.txt changed" in l for l in lines)
     assert "NOT VERIFIED" not in run_status(project / "runs", "r3")
     # (tampering with phase 1 makes resume restart at 1: tests/test_cli.py::test_corrupted_artifact_...)
 

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 # %% auto #0
 __all__ = ['FITNESS_WEIGHTS', 'GA_METHODS', 'recipe_hash', 'merge_recipe', 'model_bytes', 'measure', 'check_weights',
-           'fitness_terms', 'fitness', 'MergeEvaluator', 'GAConfig', 'decode_genome', 'genome_distance', 'diversity',
-           'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search', 'window_nll', 'disjoint_problems',
-           'uniform_recipe', 'term_spread', 'merge_gate']
+           'fitness_terms', 'fitness', 'MergeEvaluator', 'search_key', 'GAConfig', 'decode_genome', 'genome_distance',
+           'diversity', 'ga_search', 'CMAConfig', 'decode_layers', 'cma_dim', 'cma_search', 'window_nll',
+           'disjoint_problems', 'uniform_recipe', 'term_spread', 'merge_gate']
 
 # %% ../../nbs/40_merge/02_evomerge.ipynb #9e6cdbe1
 import cma
@@ -182,6 +182,15 @@ class MergeEvaluator:
         m["terms"] = fitness_terms(m, self.ref)
         return m
 
+# %% ../../nbs/40_merge/02_evomerge.ipynb #c9dd30fa
+def search_key(**parts) -> dict:  # name -> JSON-serialisable value: hashes, settings, weights, seed
+    "The key of a search state: each part's sha256 and one sha256 over all of them."
+    digest = {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+        for k, v in sorted(parts.items())
+    }
+    return {"sha256": hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest(), "parts": digest}
+
 # %% ../../nbs/40_merge/02_evomerge.ipynb #069370ce
 def _save_state(path: Path, state: dict):
     tmp = Path(path).with_suffix(".tmp")
@@ -189,7 +198,8 @@ def _save_state(path: Path, state: dict):
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, kind: str, settings: dict) -> dict | None:
+def _load_state(path: Path, key: dict, log: Callable | None) -> dict | None:
+    "The state saved at `path` if its key is `key`; else None, saying why the search starts fresh."
     p = Path(path)
     if not p.exists():
         return None
@@ -197,12 +207,16 @@ def _load_state(path: Path, kind: str, settings: dict) -> dict | None:
         state = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"search state {p} is not valid JSON ({e}); delete it to start over") from None
-    if state.get("kind") != kind or state.get("settings") != settings:
-        raise ConfigError(
-            f"search state {p} was written by a different search or settings;"
-            " delete it or rerun with the same settings"
-        )
-    return state
+    old = state.get("key") if isinstance(state.get("key"), dict) else {}
+    if old.get("sha256") == key["sha256"]:
+        return state
+    if not old:
+        why = "it has no key (written before search states were keyed)"
+    else:
+        parts = sorted(set(old.get("parts", {})) | set(key["parts"]))
+        why = "changed: " + ", ".join(k for k in parts if old.get("parts", {}).get(k) != key["parts"].get(k))
+    (log or print)(f"search state {p} was made for other inputs ({why}); starting fresh")
+    return None
 
 
 def _cached_eval(state, evaluate, recipe):
@@ -354,19 +368,19 @@ def ga_search(
     state_path: str | Path,  # JSON checkpoint in the run folder; resumed if it exists
     cfg: GAConfig = GAConfig(),  # GA settings
     seed: int = 0,  # seed of the GA (and of DARE masks)
-    log: Callable | None = print,  # called with one line per generation
+    log: Callable | None = print,  # called with one line per generation (and the start-fresh notice)
+    inputs: dict | None = None,  # what else determines the result: parents' hashes, data, fitness weights
 ) -> dict:
-    "Run (or resume) the genetic algorithm; return its final state (history, best recipe, cache)."
-    settings = {"ga": asdict(cfg), "n_parents": n_parents, "seed": seed}
-    settings = json.loads(json.dumps(settings))
-    state = _load_state(state_path, "ga", settings)
+    "Run (or resume, if the saved state's key matches) the genetic algorithm; return its final state."
+    settings = json.loads(json.dumps({"ga": asdict(cfg), "n_parents": n_parents}))
+    key = search_key(kind="ga", settings=settings, seed=seed, **(inputs or {}))
+    state = _load_state(state_path, key, log)
     if state is None:
         rng = np.random.default_rng(seed)
         pop = [_random_genome(rng, cfg, n_parents) for _ in range(cfg.population)]
         pop[0] = {"method": "linear", "genes": [1.0] * n_parents + [1.0, 0.5]} if "linear" in cfg.methods else pop[0]
         state = dict(
-            kind="ga",
-            settings=settings,
+            key=key,
             generation=0,
             population=pop,
             rng=_rng_state(rng),
@@ -502,13 +516,14 @@ def cma_search(
     state_path: str | Path,  # JSON checkpoint in the run folder; resumed if it exists
     cfg: CMAConfig = CMAConfig(),  # CMA-ES settings
     seed: int = 0,  # seed of CMA-ES (and of DARE masks)
-    log: Callable | None = print,  # called with one line per generation
+    log: Callable | None = print,  # called with one line per generation (and the start-fresh notice)
+    inputs: dict | None = None,  # what else determines the result: parents' hashes, data, fitness weights
 ) -> dict:
-    "Run (or resume) CMA-ES over per-layer merge weights and densities; return its final state."
-    settings = json.loads(json.dumps({"cma": asdict(cfg), "n_parents": n_parents, "n_layers": n_layers, "seed": seed}))
-    state = _load_state(state_path, "cma", settings) or dict(
-        kind="cma",
-        settings=settings,
+    "Run (or resume, if the saved state's key matches) CMA-ES over per-layer weights and densities; return the state."
+    settings = json.loads(json.dumps({"cma": asdict(cfg), "n_parents": n_parents, "n_layers": n_layers}))
+    key = search_key(kind="cma", settings=settings, seed=seed, **(inputs or {}))
+    state = _load_state(state_path, key, log) or dict(
+        key=key,
         generation=0,
         asked=[],
         told=[],

@@ -6,16 +6,25 @@ Docs: https://agent-forge.github.io/agent-forge/80_runs/registry.html.md"""
 
 # %% ../../nbs/80_runs/00_registry.ipynb #b0fdfa63
 from __future__ import annotations
-import json, os, sqlite3, time
+import hashlib, json, os, sqlite3, time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PHASE_STATUSES', 'MANIFEST', 'Registry', 'save_model_artifact', 'load_model_artifact']
+__all__ = ['PHASE_STATUSES', 'MANIFEST', 'PHASE_ENV', 'confine_path', 'run_folder', 'Registry', 'artifact_sha256',
+           'save_model_artifact', 'load_model_artifact']
 
 # %% ../../nbs/80_runs/00_registry.ipynb #e6f97881
-from ..foundation.core import patch, AgentForgeError, ConfigError, IntegrityError, validate_name, sha256_file
+from agent_forge.foundation.core import (
+    patch,
+    AgentForgeError,
+    ConfigError,
+    IntegrityError,
+    validate_name,
+    sha256_file,
+    project_root,
+)
 from ..foundation.config import PHASES
 
 
@@ -27,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS phases (
     run_id TEXT NOT NULL REFERENCES runs(run_id), phase INTEGER NOT NULL, name TEXT NOT NULL,
     notebook TEXT, status TEXT NOT NULL, started TEXT, finished TEXT, wall_s REAL,
-    metrics TEXT NOT NULL DEFAULT '{}', error TEXT, PRIMARY KEY (run_id, phase));
+    metrics TEXT NOT NULL DEFAULT '{}', error TEXT, params TEXT, inputs TEXT,
+    PRIMARY KEY (run_id, phase));
 CREATE TABLE IF NOT EXISTS artifacts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
     phase INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL,
@@ -35,6 +45,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     state TEXT NOT NULL DEFAULT 'live', state_reason TEXT);
 CREATE INDEX IF NOT EXISTS artifacts_lookup ON artifacts(run_id, phase, name, state);
 """
+_ADDED_COLUMNS = {"phases": {"params": "TEXT", "inputs": "TEXT"}}  # added later: ALTER TABLE on open
 PHASE_STATUSES = ("running", "done", "failed", "gate_failed", "manual")
 
 # %% ../../nbs/80_runs/00_registry.ipynb #41b1b33b
@@ -60,12 +71,72 @@ def _dumps(obj, what: str) -> str:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{what} must be JSON-serialisable: {e}") from None
 
+# %% ../../nbs/80_runs/00_registry.ipynb #a65afef4
+PHASE_ENV = "AGENT_FORGE_PHASE"  # set by the runner in a phase's kernel to '<run_id>:<phase>', the phase consuming
+
+# %% ../../nbs/80_runs/00_registry.ipynb #fa19eeda
+def _symlink_in(p: Path, roots: list) -> Path | None:
+    "The first component of `p` below the folders `roots` (or their ancestors) that is a symlink."
+    for i in range(1, len(p.parts) + 1):
+        q = Path(*p.parts[:i])
+        if any(q == r or q in r.parents for r in roots):
+            continue
+        if q.is_symlink():
+            return q
+    return None
+
+
+def confine_path(
+    path: str | Path,  # a path that a user or a config supplied (absolute, or relative to the first root)
+    *roots: Path,  # the folders it may lie in: the run folder, declared input folders
+    what: str = "path",  # what it is, for the error message
+    where: str | None = None,  # the allowed folders in words (default: their paths)
+) -> Path:
+    "Resolve `path` (following symlinks) and return it if it lies in one of `roots`, else raise `ConfigError`."
+    if not roots:
+        raise ConfigError(f"{what} '{path}': no folder given to confine it to")
+    raw, plain = Path(path), [Path(r).absolute() for r in roots]
+    real_roots = [Path(r).resolve() for r in roots]
+    p = raw if raw.is_absolute() else plain[0] / raw
+    real = p.resolve()
+    if any(real == r or r in real.parents for r in real_roots):
+        return real
+    where = where or " or ".join(str(r) for r in real_roots)
+    link = _symlink_in(p.absolute(), plain)
+    if link is not None:
+        raise ConfigError(f"{what} '{path}' follows the symlink {link} to {real}, which is not inside {where}")
+    if ".." in raw.parts:
+        raise ConfigError(f"{what} '{path}' climbs out through '..' to {real}, which is not inside {where}")
+    if raw.is_absolute():
+        raise ConfigError(f"{what} '{path}' is an absolute path that is not inside {where}")
+    raise ConfigError(f"{what} '{path}' resolves to {real}, which is not inside {where}")
+
+# %% ../../nbs/80_runs/00_registry.ipynb #bff571da
+def run_folder(
+    run_dir: str | Path,  # the folder a notebook's `run_dir` parameter names; empty: runs/<run_id> in the checkout
+    run_id: str,  # the run's id
+) -> Path:
+    "The run folder of `run_id`: `run_dir` resolved, refusing `..`, a symlink and a folder not named `run_id`."
+    validate_name(run_id)
+    if not run_dir:
+        return (project_root() / "runs" / run_id).resolve()
+    raw = Path(run_dir)
+    p = raw if raw.is_absolute() else project_root() / raw
+    if ".." in raw.parts:
+        raise ConfigError(f"run_dir '{run_dir}' contains '..'; give the run folder itself")
+    if p.is_symlink():
+        raise ConfigError(f"run_dir '{run_dir}' is a symlink to {p.resolve()}; give the real folder")
+    if p.resolve().name != run_id:
+        raise ConfigError(f"run_dir '{run_dir}' is not a folder named after run_id {run_id!r}")
+    return p.resolve()
+
 # %% ../../nbs/80_runs/00_registry.ipynb #f2ea70f5
 class Registry:
     "The SQLite registry of one run folder."
 
     def __init__(self, run_dir: Path, conn: sqlite3.Connection):
         self.run_dir, self.conn = Path(run_dir).resolve(), conn
+        self.consumer = None  # (run_id, phase) whose inputs this connection records, see `consume_as`
 
     @classmethod
     def open(
@@ -74,6 +145,8 @@ class Registry:
         create: bool = True,  # create the folder and database if missing (else `ConfigError`)
     ) -> Registry:
         "Open (or create) the registry of `run_dir` in WAL mode."
+        if Path(run_dir).is_symlink():
+            raise ConfigError(f"run folder {run_dir} is a symlink to {Path(run_dir).resolve()}; use the real folder")
         run_dir = Path(run_dir).resolve()
         db = run_dir / "registry.sqlite"
         if not create and not db.exists():
@@ -87,7 +160,16 @@ class Registry:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
-        return cls(run_dir, conn)
+        for table, cols in _ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for col, decl in cols.items():
+                if col not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+        reg = cls(run_dir, conn)
+        rid, sep, num = os.environ.get(PHASE_ENV, "").rpartition(":")
+        if sep and num.isdigit():
+            reg.consumer = (rid, int(num))
+        return reg
 
     @contextmanager
     def _tx(self):
@@ -125,7 +207,7 @@ def _row(r) -> dict | None:
     if r is None:
         return None
     d = dict(r)
-    for k in ("params", "metrics", "files", "parents"):
+    for k in ("params", "metrics", "files", "parents", "inputs"):
         if k in d and d[k] is not None:
             d[k] = json.loads(d[k])
     return d
@@ -186,8 +268,9 @@ def start_phase(
     phase: int,  # a phase number from `PHASES`
     name: str,  # phase name, e.g. 'cognate'
     notebook: str | Path,  # the executed notebook's path
+    params: dict | None = None,  # the parameters it runs with (recorded; the notebook may record them again)
 ) -> dict:
-    "Mark `phase` running (a rerun supersedes its earlier artifacts); return the phase record."
+    "Mark `phase` running with `params` and no inputs yet (a rerun supersedes its artifacts); return the record."
     _phase_num(phase)
     self.get_run(run_id)
     with self._tx() as c:
@@ -196,12 +279,12 @@ def start_phase(
             (f"phase {phase} rerun at {_now()}", run_id, phase),
         )
         c.execute(
-            """INSERT INTO phases (run_id, phase, name, notebook, status, started, finished, wall_s, metrics, error)
-                     VALUES (?,?,?,?, 'running', ?, NULL, NULL, '{}', NULL)
+            """INSERT INTO phases (run_id, phase, name, notebook, status, started, finished, wall_s, metrics, error,
+                     params, inputs) VALUES (?,?,?,?, 'running', ?, NULL, NULL, '{}', NULL, ?, '[]')
                      ON CONFLICT(run_id, phase) DO UPDATE SET name=excluded.name, notebook=excluded.notebook,
                      status='running', started=excluded.started, finished=NULL, wall_s=NULL, metrics='{}',
-                     error=NULL""",
-            (run_id, phase, name, str(notebook), _now()),
+                     error=NULL, params=excluded.params, inputs='[]'""",
+            (run_id, phase, name, str(notebook), _now(), None if params is None else _dumps(params, "params")),
         )
     return self.get_phase(run_id, phase)
 
@@ -272,6 +355,55 @@ def list_phases(self: Registry, run_id: str) -> list[dict]:
     "All phase records of a run, by phase number."
     return [_row(r) for r in self.conn.execute("SELECT * FROM phases WHERE run_id=? ORDER BY phase", (run_id,))]
 
+# %% ../../nbs/80_runs/00_registry.ipynb #3b174e65
+def artifact_sha256(files: dict) -> str:  # an artifact's file list: relative path -> sha256
+    "One sha256 over an artifact's file hashes: its content hash, recorded by the phases that consume it."
+    return hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+# %% ../../nbs/80_runs/00_registry.ipynb #f86e9c63
+@patch
+def _record_input(self: Registry, rec: dict | None, run_id: str = None, phase: int = None, name: str = None):
+    "Record artifact `rec` (None: a lookup of `phase`/`name` that found nothing) as an input of `self.consumer`."
+    if rec is not None:
+        run_id, phase, name = rec["run_id"], rec["phase"], rec["name"]
+    if self.consumer is None or self.consumer[0] != run_id or self.consumer[1] == phase:
+        return
+    entry = dict(phase=phase, name=name, id=rec and rec["id"], sha256=rec and rec["sha256"])
+    rid, n = self.consumer
+    with self._tx() as c:
+        row = c.execute("SELECT inputs FROM phases WHERE run_id=? AND phase=?", (rid, n)).fetchone()
+        if row is None:
+            raise ConfigError(f"phase {n} of run {rid!r} has no record to hold its inputs; start the phase first")
+        kept = [e for e in json.loads(row["inputs"] or "[]") if (e["phase"], e["name"]) != (phase, name)]
+        c.execute("UPDATE phases SET inputs=? WHERE run_id=? AND phase=?", (_dumps(kept + [entry], "inputs"), rid, n))
+
+
+@patch
+def consume_as(
+    self: Registry,
+    run_id: str,
+    phase: int,  # the phase whose notebook holds this connection
+    params: dict | None = None,  # the parameters it runs with, as validated (None: keep the recorded ones)
+) -> dict:
+    "From now on record what this connection looks up and verifies as the inputs of `phase`; return its record."
+    _phase_num(phase)
+    self.get_run(run_id)
+    p = None if params is None else _dumps(params, "params")
+    with self._tx() as c:
+        if c.execute("SELECT 1 FROM phases WHERE run_id=? AND phase=?", (run_id, phase)).fetchone() is None:
+            name = next(q.name for q in PHASES if q.number == phase)
+            c.execute(
+                "INSERT INTO phases (run_id, phase, name, status, started, params, inputs) VALUES (?,?,?,?,?,?,?)",
+                (run_id, phase, name, "manual", _now(), p, "[]"),
+            )
+        else:
+            c.execute(
+                "UPDATE phases SET inputs='[]', params=COALESCE(?, params) WHERE run_id=? AND phase=?",
+                (p, run_id, phase),
+            )
+    self.consumer = (run_id, phase)
+    return self.get_phase(run_id, phase)
+
 # %% ../../nbs/80_runs/00_registry.ipynb #d0f0d5a7
 def _artifact_files(d: Path) -> dict:
     "sha256 of every file below `d` (relative POSIX path -> hex), without the top-level manifest."
@@ -287,15 +419,10 @@ def _artifact_files(d: Path) -> dict:
 
 @patch
 def _artifact_dir(self: Registry, path: Path) -> Path:
-    "Resolve `path`, refusing anything that is not a non-empty folder strictly inside the run folder."
-    p = Path(path)
-    if not p.is_absolute():
-        p = self.run_dir / p
-    if p.is_symlink():
-        raise ConfigError(f"artifact path {p} is a symlink")
-    p = p.resolve()
-    if p == self.run_dir or self.run_dir not in p.parents:
-        raise ConfigError(f"artifact path {p} is not inside the run folder {self.run_dir}")
+    "Resolve `path` with `confine_path`, refusing anything but an existing folder strictly inside the run folder."
+    p = confine_path(path, self.run_dir, what="artifact path", where=f"the run folder {self.run_dir}")
+    if p == self.run_dir:
+        raise ConfigError(f"artifact path {p} is the run folder itself, not inside the run folder {self.run_dir}")
     if not p.exists():
         raise ConfigError(f"artifact folder {p} does not exist")
     if not p.is_dir():
@@ -331,6 +458,8 @@ def register_artifact(
             or self.conn.execute("SELECT 1 FROM artifacts WHERE id=?", (a,)).fetchone() is None
         ):
             raise ConfigError(f"parent artifact {a!r} is not in this registry")
+    for a in parents:
+        self._record_input(self.get_artifact(a))
     rel, m = d.relative_to(self.run_dir).as_posix(), _dumps(metrics or {}, "metrics")
     man = d / MANIFEST
     tmp_man = d / (MANIFEST + ".tmp")
@@ -359,7 +488,7 @@ def get_artifact(self: Registry, aid: int) -> dict:
     r = _row(self.conn.execute("SELECT * FROM artifacts WHERE id=?", (aid,)).fetchone())
     if r is None:
         raise ConfigError(f"no artifact {aid!r} in {self.run_dir}")
-    r["abspath"] = str(self.run_dir / r["path"])
+    r["abspath"], r["sha256"] = str(self.run_dir / r["path"]), artifact_sha256(r["files"])
     return r
 
 
@@ -371,7 +500,7 @@ def list_artifacts(
     name: str | None = None,
     states: tuple = ("live",),  # which states to include
 ) -> list[dict]:
-    "Artifacts of a run matching the filters, oldest first."
+    "Artifacts of a run matching the filters, oldest first (a phase's lookup of live ones is recorded as its input)."
     q, a = "SELECT id FROM artifacts WHERE run_id=?", [run_id]
     if phase is not None:
         q += " AND phase=?"
@@ -381,7 +510,10 @@ def list_artifacts(
         a.append(name)
     q += f" AND state IN ({','.join('?'*len(states))}) ORDER BY id"
     a += list(states)
-    return [self.get_artifact(r[0]) for r in self.conn.execute(q, a)]
+    out = [self.get_artifact(r[0]) for r in self.conn.execute(q, a).fetchall()]
+    if phase is not None and name is not None and tuple(states) == ("live",):
+        self._record_input(out[-1] if out else None, run_id, phase, name)
+    return out
 
 
 @patch
@@ -400,12 +532,22 @@ def find_artifact(self: Registry, run_id: str, phase: int | None = None, name: s
 # %% ../../nbs/80_runs/00_registry.ipynb #db268844
 @patch
 def verify_artifact(self: Registry, aid: int | dict) -> dict:  # an artifact id (or record)
-    "Rehash artifact `aid`; raise `IntegrityError` naming the first file that differs; return the record."
-    r = self.get_artifact(aid["id"] if isinstance(aid, dict) else aid)
+    "Rehash artifact `aid` (`IntegrityError` naming the first file that differs), record it as an input; return it."
+    r = self._check_artifact(self.get_artifact(aid["id"] if isinstance(aid, dict) else aid))
+    self._record_input(r)
+    return r
+
+
+@patch
+def _check_artifact(self: Registry, r: dict) -> dict:
+    "Rehash the artifact record `r` (see `verify_artifact`), recording nothing."
     tag = f"artifact {r['id']} ({r['name']}, phase {r['phase']})"
     if r["state"] != "live":
         raise IntegrityError(f"{tag} is {r['state']}: {r['state_reason']}")
-    d = Path(r["abspath"])
+    try:
+        d = confine_path(r["path"], self.run_dir, what=f"{tag}: recorded path", where=f"the run folder {self.run_dir}")
+    except ConfigError as e:
+        raise IntegrityError(str(e)) from None
     if not d.is_dir():
         raise IntegrityError(f"{tag}: folder {d} is missing")
     want, have = r["files"], _artifact_files(d)
@@ -423,6 +565,46 @@ def verify_artifact(self: Registry, aid: int | dict) -> dict:  # an artifact id 
     if man != want:
         raise IntegrityError(f"{tag}: {MANIFEST} is missing or does not match the registry")
     return r
+
+# %% ../../nbs/80_runs/00_registry.ipynb #5e3bd306
+@patch
+def stale_inputs(self: Registry, run_id: str, phase: int) -> list:
+    "Why the inputs recorded for `phase` are not the live, verified artifacts it would consume now ([] if they are)."
+    p = self.get_phase(run_id, phase)
+    if p is None:
+        return ["never ran"]
+    if p["inputs"] is None:
+        return ["no record of the inputs it consumed (it ran before inputs were recorded)"]
+    out = []
+    for e in p["inputs"]:
+        up = self.get_phase(run_id, e["phase"])
+        label = f"{up['name'] if up else next(q.name for q in PHASES if q.number == e['phase'])}/{e['name']}"
+        row = self.conn.execute(
+            "SELECT id FROM artifacts WHERE run_id=? AND phase=? AND name=? AND state='live' ORDER BY id DESC LIMIT 1",
+            (run_id, e["phase"], e["name"]),
+        ).fetchone()
+        cur = None if row is None else self.get_artifact(row[0])
+        if cur is None and e["id"] is None:
+            continue
+        if cur is None:
+            old = self.conn.execute("SELECT state, state_reason FROM artifacts WHERE id=?", (e["id"],)).fetchone()
+            was = f"{old['state']} ({old['state_reason']})" if old else "gone from the registry"
+            out.append(f"input {label} #{e['id']} is {was} and no live artifact replaces it")
+        elif e["id"] is None:
+            out.append(f"input {label} exists now (#{cur['id']}); it was absent when the phase ran")
+        elif cur["sha256"] != e["sha256"]:
+            out.append(
+                f"input {label} sha256 changed: #{cur['id']} {cur['sha256'][:12]} now, "
+                f"#{e['id']} {e['sha256'][:12]} when the phase ran"
+            )
+        elif cur["id"] != e["id"]:
+            out.append(f"input {label} is a new artifact #{cur['id']} (was #{e['id']}), with the same sha256")
+        else:
+            try:
+                self._check_artifact(cur)
+            except IntegrityError as err:
+                out.append(f"input {label} fails verification: {err}")
+    return out
 
 # %% ../../nbs/80_runs/00_registry.ipynb #283aa3c3
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

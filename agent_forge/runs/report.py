@@ -15,8 +15,8 @@ __all__ = ['PhaseRun', 'start_phase', 'Table']
 
 # %% ../../nbs/80_runs/05_report.ipynb #fe2dd070
 from ..foundation.config import Phase, PhaseConfig, get_phase
-from ..foundation.core import ConfigError, project_root, seed_everything, validate_name, wandb_env
-from .registry import Registry
+from ..foundation.core import ConfigError, seed_everything, validate_name, wandb_env
+from .registry import Registry, run_folder
 
 # %% ../../nbs/80_runs/05_report.ipynb #460e8f08
 @dataclass
@@ -41,7 +41,7 @@ def start_phase(
     number: int,  # the phase number in `PHASES`
     params: dict,  # the notebook's namespace (`globals()`) or any dict holding its parameters
 ) -> PhaseRun:
-    "Validate a phase notebook's parameters, open its run folder, tracking and registry, seed, and start the timer."
+    "Validate a phase's parameters, open its run folder, tracking and registry (recording its inputs), seed, start."
     ph = get_phase(number)
     if ph.config is None:
         raise ConfigError(f"phase {number} ({ph.name}) is not built yet")
@@ -51,10 +51,11 @@ def start_phase(
     names = ph.config().params()
     cfg = ph.config.from_params({k: params[k] for k in names if k in params})
     run_id, preset, seed = validate_name(params["run_id"]), params["preset"], params["seed"]
-    path = Path(params["run_dir"]) if params["run_dir"] else project_root() / "runs" / run_id
+    path = run_folder(params["run_dir"], run_id)
     wandb_env(path)
     reg = Registry.open(path)
     reg.ensure_run(run_id, preset, seed, None)
+    reg.consume_as(run_id, number, {**cfg.params(), "preset": preset, "seed": seed})
     seed_everything(seed)
     print(f"phase {ph.number} ({ph.name}): run {run_id} at {path}, preset {preset}, seed {seed}")
     return PhaseRun(ph, run_id, path, reg, cfg, preset, seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['ALL_PHASES', 'RESERVED', 'KERNEL', 'INJECTED', 'parse_phases', 'discover_pipelines', 'phase_name',
            'notebook_parameters', 'parse_param', 'check_kernel', 'default_run_id', 'plan_run', 'execute_plan',
-           'phase_verified', 'resume_index', 'run_pipeline', 'list_runs', 'run_status']
+           'phase_stale', 'resume_index', 'run_pipeline', 'list_runs', 'run_status']
 
 # %% ../../nbs/80_runs/01_runner.ipynb #b9281277
 import nbformat
@@ -27,7 +27,7 @@ from agent_forge.foundation.core import (
     wandb_env,
 )
 from ..foundation.config import PHASES, get_phase, get_preset, phase_config
-from .registry import Registry
+from .registry import PHASE_ENV, Registry
 
 # %% ../../nbs/80_runs/01_runner.ipynb #79af2da2
 ALL_PHASES = f"{PHASES[0].number}-{PHASES[-1].number}"  # every phase, as a `--phases` range
@@ -164,6 +164,18 @@ def _phase_parameters(n: int, nb: Path, declared: dict, preset: str, overrides: 
     except ConfigError as e:
         raise ConfigError(f"phase {n} ({ph.name}): {e}") from None
 
+
+def _scoped(overrides: dict, chain: list, declared: dict) -> dict:
+    "`overrides` with each plain KEY (seed aside) replaced by N.KEY for every phase N of `chain` that declares it."
+    out = {}
+    for k, v in overrides.items():
+        if "." in k or k in INJECTED:
+            out[k] = v
+        else:
+            out.update({f"{n}.{k}": v for n in chain if k in declared[n]})
+    return out
+
+
 # %% ../../nbs/80_runs/01_runner.ipynb #cc152f3c
 def plan_run(
     preset: str | None = "tiny",  # preset name (None when resuming: the run's own)
@@ -173,7 +185,7 @@ def plan_run(
     params: list | tuple = (),  # 'KEY=VALUE' overrides
     runs_dir: Path | None = None,  # where run folders live (default: <project>/runs)
     root: Path | None = None,  # project root (default: `project_root()`)
-    kernel: str = KERNEL,  # Jupyter kernel for papermill
+    kernel: str | None = KERNEL,  # Jupyter kernel for papermill (None: a plan to inspect, no kernel check)
     log=print,  # where notes go
 ) -> dict:
     "Validate a run request and return its plan; creates nothing."
@@ -206,6 +218,7 @@ def plan_run(
                 f"malformed parameter {k!r}: no selected phase notebook "
                 f"({', '.join(nbs[n].name for n in chain)}) defines it in its parameters cell"
             )
+    overrides = _scoped(overrides, chain, declared)
     runs_dir = Path(runs_dir or root / "runs").resolve()
     if resume:
         if run_id is None:
@@ -229,7 +242,8 @@ def plan_run(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     run_id = run_id if run_id is not None else default_run_id(runs_dir)
-    check_kernel(kernel)
+    if kernel is not None:
+        check_kernel(kernel)
     run_dir = runs_dir / run_id
     steps = []
     for n in chain:
@@ -238,6 +252,7 @@ def plan_run(
         p = dict(run_id=run_id, run_dir=str(run_dir), preset=preset, seed=seed)
         p.update(_phase_parameters(n, nbs[n], declared[n], preset, mine, log))
         p.update({k: v for k, v in mine.items() if k in INJECTED})
+        resolved = {k: v for k, v in {**declared[n], **p}.items() if k not in ("run_id", "run_dir")}
         steps.append(
             dict(
                 phase=n,
@@ -245,6 +260,7 @@ def plan_run(
                 source=nbs[n],
                 output=run_dir / nbs[n].name,
                 parameters=p,
+                resolved=json.loads(json.dumps(resolved)),
                 kernel_log=run_dir / "logs" / f"{nbs[n].stem}.kernel.log",
             )
         )
@@ -270,12 +286,13 @@ class _UnknownParamFilter(logging.Filter):
         return not record.getMessage().startswith("Passed unknown parameter")
 
 
-def _kernel_manager(log_path: Path):
-    "A kernel manager class whose kernel process writes its stdout/stderr (logging, C-level warnings) to `log_path`."
+def _kernel_manager(log_path: Path, env: dict):
+    "A kernel manager class whose kernel writes its stdout/stderr to `log_path` and has `env` in its environment."
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["env"] = {**(kw.get("env") or os.environ), **env}
             with open(log_path, "ab") as f:
                 kw["stdout"] = kw["stderr"] = f
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
@@ -304,7 +321,7 @@ def _execute(step: dict, plan: dict, progress: bool):
             progress_bar=progress,
             log_output=False,
             config=cfg,
-            kernel_manager_class=_kernel_manager(step["kernel_log"]),
+            kernel_manager_class=_kernel_manager(step["kernel_log"], {PHASE_ENV: f"{plan['run_id']}:{step['phase']}"}),
         )
     except PapermillExecutionError as e:
         return ("gate_failed" if e.ename == "GateError" else "failed"), (
@@ -341,7 +358,7 @@ def execute_plan(
         results = []
         for s in steps:
             n, name, out = s["phase"], s["name"], s["output"]
-            reg.start_phase(plan["run_id"], n, name, str(out))
+            reg.start_phase(plan["run_id"], n, name, str(out), params=s["resolved"])
             log(f"phase {n} ({name}): running {s['source'].name}")
             t0 = time.perf_counter()
             try:
@@ -368,27 +385,46 @@ def execute_plan(
     return results
 
 # %% ../../nbs/80_runs/01_runner.ipynb #f045c84f
-def phase_verified(reg: Registry, run_id: str, phase: int) -> str | None:
-    "None if `phase` is done and all its live artifacts verify, else why not."
+def _fmt_value(d: dict, k: str) -> str:
+    "A parameter's value as JSON, or '(unset)'."
+    return json.dumps(d[k]) if k in d else "(unset)"
+
+
+def phase_stale(
+    reg: Registry,  # the run's registry
+    run_id: str,
+    phase: int,
+    params: dict | None = None,  # the parameters it would run with now (a plan step's `resolved`; None: not compared)
+) -> list:
+    "Why `phase` does not count as done ([] if it does): not done, outputs fail, inputs not live, other parameters."
     p = reg.get_phase(run_id, phase)
     if p is None:
-        return "never ran"
+        return ["never ran"]
     if p["status"] != "done":
-        return f"status {p['status']}"
+        return [f"status {p['status']}"]
+    why = []
     for a in reg.list_artifacts(run_id, phase):
         try:
-            reg.verify_artifact(a["id"])
+            reg._check_artifact(a)
         except IntegrityError as e:
-            return str(e)
-    return None
+            why.append(f"output {e}")
+    why += reg.stale_inputs(run_id, phase)
+    if params is not None and p["params"] is None:
+        why.append("no record of the parameters it ran with")
+    elif params is not None:
+        have, want = p["params"], json.loads(json.dumps(params))
+        for k in sorted(set(have) | set(want)):
+            if have.get(k, ...) != want.get(k, ...):
+                why.append(f"parameter {k} {_fmt_value(have, k)} -> {_fmt_value(want, k)}")
+    return why
 
 # %% ../../nbs/80_runs/01_runner.ipynb #0a51ec30
 def resume_index(reg: Registry, plan: dict, log=print) -> int:
     "Index in `plan['steps']` of the first phase to rerun."
     for i, s in enumerate(plan["steps"]):
-        why = phase_verified(reg, plan["run_id"], s["phase"])
-        if why is not None:
-            log(f"resuming at phase {s['phase']} ({s['name']}): {why}")
+        why = phase_stale(reg, plan["run_id"], s["phase"], s["resolved"])
+        if why:
+            log(f"resuming at phase {s['phase']} ({s['name']}): {'; '.join(why)}")
             return i
     return len(plan["steps"])
 
@@ -442,6 +478,7 @@ def list_runs(runs_dir: Path) -> list:
 def run_status(
     runs_dir: Path,  # folder of run folders
     run_id: str | None = None,  # a run, or None for the list of runs
+    root: Path | None = None,  # project root whose pipelines a resume would run (default: `project_root()`)
 ) -> str:
     "Text report of the runs in `runs_dir`, or of run `run_id`."
     runs_dir = Path(runs_dir)
@@ -458,12 +495,24 @@ def run_status(
             )
         return "\n".join(rows)
     validate_name(run_id)
+    try:  # the parameters `--resume` would request now
+        plan = plan_run(None, ALL_PHASES, run_id, True, (), runs_dir, root, None, log=lambda *a: None)
+        requested, not_compared = {s["phase"]: s["resolved"] for s in plan["steps"]}, None
+    except AgentForgeError as e:
+        requested, not_compared = {}, " ".join(str(e).split())
     with Registry.open(runs_dir / run_id, create=False) as reg:
         r = reg.get_run(run_id)
         rows = [f"run {run_id}: preset {r['preset']}, seed {r['seed']}, created {r['created']}, folder {reg.run_dir}"]
         if r["params"].get("overrides"):
             rows.append(f"  overrides: {json.dumps(r['params']['overrides'])}")
+        if not_compared:
+            rows.append(f"  parameters not compared with a resume's: {not_compared}")
+        upstream = None
         for p in reg.list_phases(run_id):
+            why = phase_stale(reg, run_id, p["phase"], requested.get(p["phase"]))
+            if not why and upstream is not None:
+                why = [f"downstream of stale phase {upstream}"]
+            upstream = upstream if upstream is not None or not why else p["phase"]
             wall = f"{p['wall_s']:.1f} s" if p["wall_s"] is not None else "-"
             rows.append(
                 (
@@ -471,6 +520,11 @@ def run_status(
                     f"{_fmt_metrics(p['metrics'])}"
                 ).rstrip()
             )
+            rows.append("  " + (f"stale: {'; '.join(why)}" if why else "done: outputs verify, inputs live")
+                        + ("" if why or p["phase"] not in requested else ", parameters as requested"))
+            if p["inputs"]:
+                ins = [f"{e['phase']}/{e['name']} " + (f"#{e['id']}" if e["id"] else "absent") for e in p["inputs"]]
+                rows.append(f"  inputs: {', '.join(ins)}")
             if p["error"]:
                 rows.append(f"  error: {' '.join(p['error'].split())}")
             if p["notebook"]:
