@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-lib test-py docs bench
+.PHONY: install run test test-lib test-py docs bench reliability
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,3 +45,8 @@ docs: install
 
 bench: install
 	$(BIN)/agent-forge bench --preset all
+
+## SIGKILL the runner 20 times across Phases 1-4 at smoke size, resume each time, compare with an uninterrupted run
+## (tests/reliability/kill_resume.py; several minutes on a 2-core CPU).
+reliability: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tests/reliability/kill_resume.py --kills 20 --seed 12 $(ARGS)

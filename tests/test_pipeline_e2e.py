@@ -78,18 +78,20 @@ def test_every_phase_runs_and_registers(chain):
     run_dir, outcome = chain
     from agent_forge.runs.registry import Registry
 
-    assert sorted(outcome) == [1, 2, 3, 4]
+    assert sorted(outcome) == [1, 2, 3, 4, 5]
     with Registry.open(run_dir, create=False) as reg:
         for phase, names in {
             1: ["trunk", "reasoning", "memory", "general"],
             2: ["merged"],
             3: ["quietstar"],
             4: ["bitnet"],
+            5: ["curriculum"],
         }.items():
             for name in names:
                 reg.verify_artifact(reg.find_artifact("e2e", phase, name)["id"])
     for phase in outcome:
-        assert (run_dir / f"{phase:02d}_{['cognate', 'evomerge', 'quietstar', 'bitnet'][phase - 1]}.ipynb").exists()
+        name = ["cognate", "evomerge", "quietstar", "bitnet", "curriculum"][phase - 1]
+        assert (run_dir / f"{phase:02d}_{name}.ipynb").exists()
 
 
 def test_runner_stops_at_the_first_failed_gate(chain, runner_chain):
@@ -102,7 +104,7 @@ def test_runner_stops_at_the_first_failed_gate(chain, runner_chain):
         status = {p["phase"]: p["status"] for p in reg.list_phases("e2e")}
     if not failed:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert status == {1: "done", 2: "done", 3: "done", 4: "done"}
+        assert status == {n: "done" for n in outcome}
     else:
         first = failed[0]
         assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
@@ -160,7 +162,7 @@ def test_phase1_report_has_measured_gate(chain):
             assert math.isclose(v["se"], math.sqrt(v["mean"] * (1 - v["mean"]) / v["n"]), abs_tol=1e-12)
 
 
-def test_phase2_to_4_gates_follow_from_their_figures(chain):
+def test_phase2_to_5_gates_follow_from_their_figures(chain):
     run_dir, outcome = chain
     m2 = _registered(run_dir, 2)
     for c in m2["gate_checks"]:
@@ -176,6 +178,11 @@ def test_phase2_to_4_gates_follow_from_their_figures(chain):
     lim, ret = BitNetPhaseConfig(), m4["accuracy_retention_vs_control"]
     ok4 = m4["ppl_vs_control"] <= lim.max_ppl_increase and (ret is None or ret >= lim.min_accuracy_retention)
     assert m4["gate_passed"] == ok4 == (outcome[4] is None)
+    m5 = _registered(run_dir, 5)
+    b, a = m5["before"], m5["after"]
+    ok5 = a["total"] - b["total"] > 2 * math.sqrt(a["total_se"] ** 2 + b["total_se"] ** 2)
+    ok5 = ok5 and all(math.isfinite(a[k]) and a[k] <= b[k] for k in ("text_loss", "answer_loss"))
+    assert m5["gate_passed"] == ok5 == (outcome[5] is None)
 
 
 def test_tampered_artifact_is_refused(chain):

@@ -444,7 +444,7 @@ def make_qat_optimizer(
 # %% ../../nbs/70_compress/00_bitnet.ipynb #b1b50365
 def qat_train(
     model: nn.Module,  # converted model (BitLinear layers), trained in place
-    batches: Callable[[int], torch.Tensor],  # step -> (B, T) token ids
+    batches: Callable,  # step -> (B, T) ids, a pair (input_ids, labels) or a list of (ids, labels, weight)
     steps: int,  # optimizer steps
     lr: float = 1.5e-3,  # peak lr (higher than float training)
     weight_decay: float = 0.1,  # stage-1 weight decay
@@ -472,8 +472,8 @@ def qat_train(
         f_lr, f_wd = qat_schedule(step, steps, warmup, stage2_frac)
         for g, (l0, w0) in zip(opt.param_groups, base):
             g["lr"], g["weight_decay"] = l0 * f_lr, w0 * f_wd
-        ids = batches(step)
-        loss = model(input_ids=ids, labels=ids).loss
+        parts = _batch_parts(batches(step))
+        loss = sum(w * model(input_ids=i, labels=l).loss for i, l, w in parts)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"QAT loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['MUGROKFAST_PRESETS', 'PHASES', 'PRESETS', 'PhaseConfig', 'CognatePhaseConfig', 'EvoMergePhaseConfig',
-           'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'Phase', 'get_phase', 'get_preset', 'phase_config',
-           'phase_params', 'field_comments', 'parameters_source']
+           'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'CurriculumPhaseConfig', 'Phase', 'get_phase', 'get_preset',
+           'phase_config', 'phase_params', 'field_comments', 'parameters_source']
 
 # %% ../../nbs/00_foundation/02_config.ipynb #87650d48
 from .core import ConfigError
@@ -88,17 +88,15 @@ class CognatePhaseConfig(PhaseConfig):
     "Phase 1 (Cognate): trunk pretraining, three specialists, their gate and the memory and recursion ablations."
 
     seq_len: int = 128  # tokens per text training window
-    batch_size: int = 8  # text windows per text step
-    task_batch: int = 32  # task examples per task step, one per row, loss on the completion only
-    trunk_steps: int = 300  # optimizer steps of the shared trunk
-    specialist_steps: int = 600  # optimizer steps of the memory and general specialists and of each ablation
-    reasoning_steps: int = 1000  # optimizer steps of the reasoning specialist (arithmetic learns slowest)
-    copy_first_steps: int = 250  # of each specialist's steps, the first ones on copy rows alone (easy first)
+    batch_size: int = 4  # text windows per step, trained beside the step's task rows
+    task_batch: int = 32  # task examples per step, one per row, loss on the completion only
+    trunk_steps: int = 400  # optimizer steps of the shared trunk (general text and copy rows)
+    specialist_steps: int = 400  # optimizer steps of the memory and general specialists and of each ablation
+    reasoning_steps: int = 800  # optimizer steps of the reasoning specialist (arithmetic learns slowest)
     lr: float = 3e-3  # peak learning rate (warm-up, then cosine)
     optimizer: str = "adamw"  # a name in `training.train.OPTIMIZERS`
-    general_mix: float = 0.1  # share of text steps of the reasoning and memory specialists
-    domain_mix: float = 0.1  # share of steps on the specialist's own domain documents, loss on every token
-    general_task_mix: float = 0.5  # share of task steps (copy) of the general specialist
+    text_loss_weight: float = 0.3  # weight of each step's text loss beside its task loss
+    domain_text_share: float = 0.5  # share of a specialist's text windows from its own domain (the rest: general)
     task_train_examples: int = 4000  # training problems drawn per task family and level
     train_tokens_per_domain: int = 300_000  # training tokens drawn per domain
     tokenizer_chars: int = 1_000_000  # characters of text the BPE tokenizer is trained on
@@ -109,12 +107,9 @@ class CognatePhaseConfig(PhaseConfig):
 
     def validate(self):
         self._positive("seq_len", "batch_size", "task_batch", "trunk_steps", "specialist_steps", "reasoning_steps")
-        self._positive("lr", "train_tokens_per_domain", "task_train_examples", "curve_points")
-        first = f"copy_first_steps must be in [0, specialist_steps), got {self.copy_first_steps}"
-        self._require(0 <= self.copy_first_steps < min(self.specialist_steps, self.reasoning_steps), first)
+        self._positive("lr", "train_tokens_per_domain", "task_train_examples", "curve_points", "text_loss_weight")
         self._positive("tokenizer_chars", "eval_windows", "task_eval_examples")
-        self._fraction("general_mix", "domain_mix", "general_task_mix")
-        self._require(self.general_mix + self.domain_mix < 1, "general_mix + domain_mix must leave task steps (< 1)")
+        self._fraction("domain_text_share")
         self._choice("optimizer", "agent_forge.training.train", "OPTIMIZERS")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #39647fc9
@@ -216,6 +211,9 @@ class BitNetPhaseConfig(PhaseConfig):
     qat_optimizer: str = "mugrokfast"  # 'mugrokfast' or 'adamw'
     qat_grokfast_lambda: float = 0.0  # MuGrokfast's Grokfast amplification during QAT
     train_tokens_per_domain: int = 60000  # training tokens drawn per domain
+    task_batch: int = 32  # task rows per step beside the text windows, loss on the completion (0: text only)
+    task_train_examples: int = 2000  # training problems drawn per task suite
+    text_loss_weight: float = 0.3  # weight of the text loss beside the task loss (when task_batch > 0)
     calib_windows: int = 4  # windows per domain for activation calibration
     eval_windows: int = 16  # held-out windows per domain
     task_eval_examples: int = 24  # held-out problems per task suite
@@ -230,10 +228,63 @@ class BitNetPhaseConfig(PhaseConfig):
         self._positive("seq_len", "batch_size", "qat_steps", "qat_lr", "train_tokens_per_domain", "calib_windows")
         self._positive("eval_windows", "task_eval_examples", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
         self._fraction("qat_stage2_frac", "min_accuracy_retention")
+        self._positive("task_train_examples", "text_loss_weight")
+        self._require(self.task_batch >= 0, f"task_batch must be >= 0, got {self.task_batch}")
         self._choice("qat_optimizer", "agent_forge.compress.bitnet", "QAT_OPTIMIZERS")
         self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
         # a negative limit demands an improvement; below -1 no perplexity could pass
         self._require(self.max_ppl_increase >= -1, f"max_ppl_increase must be >= -1, got {self.max_ppl_increase}")
+
+# %% ../../nbs/00_foundation/02_config.ipynb #76cc965a
+@dataclass
+class CurriculumPhaseConfig(PhaseConfig):
+    "Phase 5 (curriculum): assessment by level, question pools with hints, verified dreams, baking, STE training."
+
+    families: str = "arithmetic,recall,sequence"  # task families trained (names in `data.tasks.TASK_FAMILIES`)
+    target: float = 0.75  # held-out accuracy that completes a level (the seeds'; 0.85: Wilson et al. 2019)
+    band: float = 0.1  # half-width of the training-accuracy band around the target
+    hard_wall: float = 0.5  # a family stops at a level still below this after the level's budget
+    assess_levels: int = 4  # levels 1..N of each family assessed before and after
+    assess_examples: int = 16  # held-out questions per family and level in the assessment
+    pool_size: int = 12  # questions in a level's pool
+    retire_after: int = 3  # consecutive successes that retire a question
+    level_rounds: int = 6  # rounds a level may take (its budget)
+    max_levels: int = 2  # levels trained per family, from the one above its baseline
+    eval_every: int = 3  # rounds between held-out checks of the current level
+    heldout_examples: int = 12  # held-out questions per check
+    steps_per_round: int = 4  # optimizer steps per round
+    batch_size: int = 16  # task rows per step
+    lr: float = 1e-3  # learning rate (MuGrokfast preset 5)
+    grokfast_lambda: float = 0.0  # MuGrokfast's Grokfast gain (preset 5 says 2.0; Phase 4 measured 0 best in QAT)
+    side_share: float = 0.25  # next- or previous-level questions per pool question when outside the band
+    replay_share: float = 0.25  # replayed examples (earlier levels, dreams) per example of the round
+    dream_samples: int = 24  # lines dreamed per finished level
+    dream_temperature: float = 0.8  # sampling temperature of dreams
+    dream_ablation: bool = True  # also run the curriculum without dreams from the same input
+    bake_steps: int = 8  # LoRA steps baking each finished level's strategy prompt (0: no baking)
+    bake_inputs: int = 12  # training prompts of each bake
+    bake_heldout: int = 6  # held-out prompts of each bake's KL
+    bake_shots: int = 2  # worked examples in a level's strategy prompt
+    seq_len: int = 64  # tokens per text window trained beside the tasks
+    text_batch: int = 2  # text windows per step
+    text_loss_weight: float = 0.3  # weight of the text loss beside the task loss
+    train_tokens_per_domain: int = 20000  # text training tokens per domain
+    eval_windows: int = 8  # held-out text windows per domain
+    kernel: str = "packed"  # ternary kernel of the reloaded packed model on CPU
+
+    def validate(self):
+        fams = self.families.split(",")
+        self._choice("families", "agent_forge.data.tasks", "TASK_FAMILIES", fams)
+        self._positive("assess_levels", "assess_examples", "pool_size", "retire_after", "level_rounds", "max_levels")
+        self._positive("eval_every", "heldout_examples", "steps_per_round", "batch_size", "lr", "dream_temperature")
+        self._positive("bake_inputs", "bake_heldout", "bake_shots", "seq_len", "text_batch", "text_loss_weight")
+        self._positive("train_tokens_per_domain", "eval_windows")
+        self._fraction("target", "band", "hard_wall", "side_share")
+        self._require(self.assess_levels <= 10, f"assess_levels must be <= 10, got {self.assess_levels}")
+        self._require(0 < self.target and self.hard_wall <= self.target, "need 0 < hard_wall <= target")
+        self._require(self.bake_steps >= 0 and self.dream_samples >= 0, "bake_steps and dream_samples must be >= 0")
+        self._require(self.replay_share >= 0 and self.grokfast_lambda >= 0, "replay_share, grokfast_lambda >= 0")
+        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #c9e6308c
 MUGROKFAST_PRESETS = {
@@ -268,16 +319,50 @@ class Phase:
 
 # %% ../../nbs/00_foundation/02_config.ipynb #d21b19b7
 PHASES = (
-    Phase(1, "cognate", "TRM x Titans-MAG trunk and three specialists",
-          ("models.cognate", "models.memory", "data.corpora", "data.tasks", "data.tokenizer", "training.train",
-           "training.evaluate", "training.optim"), CognatePhaseConfig),
-    Phase(2, "evomerge", "evolutionary model merging", ("merge.methods", "merge.mergekit", "merge.evomerge"),
-          EvoMergePhaseConfig),
-    Phase(3, "quietstar", "Quiet-STaR thoughts and prompt baking", ("baking.prompt", "baking.quietstar"),
-          QuietStarPhaseConfig),
-    Phase(4, "bitnet", "BitNet b1.58 ternary training and packing", ("compress.bitnet", "compress.kernels"),
-          BitNetPhaseConfig),
-    Phase(5, "curriculum", "curriculum training at the edge of chaos", built=False),
+    Phase(
+        1,
+        "cognate",
+        "TRM x Titans-MAG trunk and three specialists",
+        (
+            "models.cognate",
+            "models.memory",
+            "data.corpora",
+            "data.tasks",
+            "data.tokenizer",
+            "training.train",
+            "training.evaluate",
+            "training.optim",
+        ),
+        CognatePhaseConfig,
+    ),
+    Phase(
+        2,
+        "evomerge",
+        "evolutionary model merging",
+        ("merge.methods", "merge.mergekit", "merge.evomerge"),
+        EvoMergePhaseConfig,
+    ),
+    Phase(
+        3,
+        "quietstar",
+        "Quiet-STaR thoughts and prompt baking",
+        ("baking.prompt", "baking.quietstar"),
+        QuietStarPhaseConfig,
+    ),
+    Phase(
+        4,
+        "bitnet",
+        "BitNet b1.58 ternary training and packing",
+        ("compress.bitnet", "compress.kernels"),
+        BitNetPhaseConfig,
+    ),
+    Phase(
+        5,
+        "curriculum",
+        "curriculum training at the edge of chaos",
+        ("curriculum.levels", "curriculum.loop", "baking.prompt", "compress.bitnet"),
+        CurriculumPhaseConfig,
+    ),
     Phase(6, "tools", "tool and persona baking", built=False),
     Phase(7, "experts", "expert vectors and agent search", built=False),
     Phase(8, "compress", "final compression", built=False),
@@ -295,30 +380,108 @@ def get_phase(number: int) -> Phase:  # a phase number from `PHASES`
 PRESETS = {
     "tiny": {
         "model": dict(
-            vocab_size=2048, hidden_size=128, intermediate_size=448, num_hidden_layers=2, num_attention_heads=4,
-            sliding_window=64, num_persistent_tokens=4, memory_num_heads=2, memory_head_dim=32, memory_hidden_size=64,
-            memory_chunk_size=16, trm_intermediate_size=256, trm_latent_steps=2, trm_recursions=2,
+            vocab_size=2048,
+            hidden_size=128,
+            intermediate_size=448,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            sliding_window=64,
+            num_persistent_tokens=4,
+            memory_num_heads=2,
+            memory_head_dim=32,
+            memory_hidden_size=64,
+            memory_chunk_size=16,
+            trm_intermediate_size=256,
+            trm_latent_steps=2,
+            trm_recursions=2,
             trm_supervision_steps=2,
         ),
     },
     "full": {
         "model": dict(
-            vocab_size=12288, hidden_size=384, intermediate_size=1152, num_hidden_layers=8, num_attention_heads=6,
-            sliding_window=256, num_persistent_tokens=8, memory_num_heads=4, memory_head_dim=64,
-            memory_hidden_size=128, memory_chunk_size=32, trm_intermediate_size=1024, trm_latent_steps=6,
-            trm_recursions=3, trm_supervision_steps=2,
+            vocab_size=12288,
+            hidden_size=384,
+            intermediate_size=1152,
+            num_hidden_layers=8,
+            num_attention_heads=6,
+            sliding_window=256,
+            num_persistent_tokens=8,
+            memory_num_heads=4,
+            memory_head_dim=64,
+            memory_hidden_size=128,
+            memory_chunk_size=32,
+            trm_intermediate_size=1024,
+            trm_latent_steps=6,
+            trm_recursions=3,
+            trm_supervision_steps=2,
         ),
-        1: dict(seq_len=512, batch_size=32, trunk_steps=6000, specialist_steps=2000, reasoning_steps=6000, lr=1e-3,
-                train_tokens_per_domain=3_000_000, tokenizer_chars=5_000_000, eval_windows=128,
-                task_eval_examples=200, task_train_examples=100_000),
+        1: dict(
+            seq_len=512,
+            batch_size=32,
+            trunk_steps=6000,
+            specialist_steps=2000,
+            reasoning_steps=6000,
+            lr=1e-3,
+            train_tokens_per_domain=3_000_000,
+            tokenizer_chars=5_000_000,
+            eval_windows=128,
+            task_eval_examples=200,
+            task_train_examples=100_000,
+        ),
         2: dict(generations=50, seq_len=512, eval_windows=64, eval_batch=16, task_examples=16, gate_task_examples=200),
-        3: dict(max_digits=3, bake_shots=4, bake_inputs=512, bake_heldout=128, bake_steps=600, bake_batch=32,
-                bake_max_new=64, positions=8, seq_len=256, batch_size=16, train_windows=20000, qs_steps=1000,
-                eval_examples=400, eval_windows=64, eval_positions=32, eval_thoughts=2, throughput_pairs=64,
-                show_thoughts=8),
-        4: dict(seq_len=512, batch_size=32, qat_steps=2000, qat_lr=1.5e-3, qat_warmup=100,
-                train_tokens_per_domain=5_000_000, calib_windows=8, eval_windows=256, task_eval_examples=500,
-                speed_prompt_len=64, speed_new_tokens=32, max_ppl_increase=0.10, min_accuracy_retention=0.95),
+        3: dict(
+            max_digits=3,
+            bake_shots=4,
+            bake_inputs=512,
+            bake_heldout=128,
+            bake_steps=600,
+            bake_batch=32,
+            bake_max_new=64,
+            positions=8,
+            seq_len=256,
+            batch_size=16,
+            train_windows=20000,
+            qs_steps=1000,
+            eval_examples=400,
+            eval_windows=64,
+            eval_positions=32,
+            eval_thoughts=2,
+            throughput_pairs=64,
+            show_thoughts=8,
+        ),
+        4: dict(
+            seq_len=512,
+            batch_size=32,
+            qat_steps=2000,
+            qat_lr=1.5e-3,
+            qat_warmup=100,
+            train_tokens_per_domain=5_000_000,
+            calib_windows=8,
+            eval_windows=256,
+            task_eval_examples=500,
+            speed_prompt_len=64,
+            speed_new_tokens=32,
+            max_ppl_increase=0.10,
+            min_accuracy_retention=0.95,
+        ),
+        5: dict(
+            assess_levels=10,
+            assess_examples=100,
+            pool_size=64,
+            level_rounds=40,
+            max_levels=10,
+            heldout_examples=64,
+            steps_per_round=8,
+            batch_size=32,
+            dream_samples=256,
+            bake_steps=100,
+            bake_inputs=128,
+            bake_heldout=32,
+            seq_len=256,
+            text_batch=8,
+            train_tokens_per_domain=1_000_000,
+            eval_windows=64,
+        ),
     },
 }
 

@@ -6,19 +6,21 @@ Docs: https://agent-forge.github.io/agent-forge/30_training/train.html.md"""
 
 # %% ../../nbs/30_training/01_train.ipynb #a77c6ce8
 from __future__ import annotations
-import math, os, time
+import hashlib, json, math, os, random, re, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'make_optimizer', 'TrainConfig', 'lr_multiplier', 'train_lm', 'encode_examples', 'pad_rows',
-           'mixed_batches']
+__all__ = ['OPTIMIZERS', 'CHECKPOINT', 'make_optimizer', 'TrainConfig', 'lr_multiplier', 'content_hash', 'train_lm',
+           'encode_examples', 'pad_rows', 'mixed_batches', 'joint_batches']
 
 # %% ../../nbs/30_training/01_train.ipynb #ea0bcbd6
+import numpy as np
 import torch
 from accelerate import Accelerator
-from ..foundation.core import ConfigError, NotBuiltError, seed_everything
+from safetensors.torch import load as load_tensors, save_file
+from ..foundation.core import ConfigError, NotBuiltError, seed_everything, sha256_file
 from ..foundation.methods import MethodRegistry
 from ..data.tokenizer import random_windows
 
@@ -98,6 +100,132 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:  # 0-based step
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
+# %% ../../nbs/30_training/01_train.ipynb #13982611
+def content_hash(*parts) -> str:  # tensors, arrays, numbers, strings, None, and lists, tuples or dicts of them
+    "sha256 hex of `parts` by value (dtype, shape and bytes of tensors): a key for cached training state."
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif x is None or isinstance(x, (bool, int, float, str)):
+            h.update(b"S" + json.dumps(x).encode() + b"\0")
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}:".encode())
+            for v in x:
+                feed(v)
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}:".encode())
+            for k in sorted(x, key=str):
+                feed(str(k))
+                feed(x[k])
+        else:
+            raise ConfigError(f"content_hash cannot hash a {type(x).__name__}; pass tensors, numbers, strings or lists")
+
+    feed(list(parts))
+    return h.hexdigest()
+
+# %% ../../nbs/30_training/01_train.ipynb #2864348c
+CHECKPOINT = "checkpoint.json"  # the file in a checkpoint folder that names its complete tensor file
+
+
+def _atomic_write(path: Path, write: Callable):
+    "Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it over `path`."
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(v, what: str):
+    "`v` after a JSON round trip, or `ConfigError` naming `what`."
+    try:
+        return json.loads(json.dumps(v))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} is a {type(v).__name__}: a checkpoint holds only tensors and JSON") from None
+
+
+def _optimizer_flat(sd: dict) -> tuple[dict, dict]:
+    "An optimizer `state_dict` as (tensors 'optim.<param>.<key>', JSON of the other values and the groups)."
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(pid), {})[k] = _jsonable(v, f"optimizer state {k!r} of parameter {pid}")
+    return tensors, dict(scalars=scalars, param_groups=_jsonable(sd["param_groups"], "optimizer param_groups"))
+
+
+def _optimizer_unflat(tensors: dict, js: dict, live_groups: list) -> dict:
+    "Inverse of `_optimizer_flat`; lists become tuples where the live optimizer's groups hold tuples."
+    state = {int(pid): dict(kv) for pid, kv in js["scalars"].items()}
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            pid, key = name[len("optim.") :].split(".", 1)
+            state.setdefault(int(pid), {})[key] = t
+    groups = [
+        {k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in g.items()}
+        for g, live in zip(js["param_groups"], live_groups)
+    ]
+    return dict(state=state, param_groups=groups)
+
+
+def _rng_json() -> dict:
+    "Python's and NumPy's global random states as JSON."
+    py, npy = random.getstate(), np.random.get_state()
+    return dict(python=[py[0], list(py[1]), py[2]], numpy=[npy[0], npy[1].tolist(), *npy[2:]])
+
+
+def _set_rng_json(s: dict):
+    "Restore the states `_rng_json` returned."
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    n = s["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def _write_checkpoint(folder: Path, step: int, tensors: dict, meta: dict):
+    "Write `tensors` then the pointer `CHECKPOINT` naming them, each atomically; remove older tensor files."
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}.safetensors"
+    _atomic_write(folder / name, lambda p: save_file(tensors, str(p)))
+    meta = dict(meta, format=1, step=step, tensors=name, tensors_sha256=sha256_file(folder / name))
+    _atomic_write(folder / CHECKPOINT, lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True)))
+    for f in folder.glob("step-*.safetensors"):
+        if f.name != name:
+            f.unlink()
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_checkpoint(folder: Path) -> tuple:
+    "(meta, tensors) of the checkpoint in `folder`, or (None, why it cannot be used)."
+    f = folder / CHECKPOINT
+    if not f.exists():
+        return None, "no checkpoint yet"
+    try:
+        meta = json.loads(f.read_text())
+        name = meta["tensors"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"{f} is unreadable ({type(e).__name__})"
+    if meta.get("format") != 1 or not re.fullmatch(r"step-\d{8}\.safetensors", str(name)):
+        return None, f"{f} is not a format-1 checkpoint"
+    try:
+        data = (folder / name).read_bytes()  # read once: the bytes hashed are the bytes loaded
+    except OSError:
+        return None, f"its tensor file {name} is missing or unreadable"
+    if hashlib.sha256(data).hexdigest() != meta.get("tensors_sha256"):
+        return None, f"its tensor file {name} does not match the sha256 recorded in {CHECKPOINT}"
+    return meta, load_tensors(data)
+
 # %% ../../nbs/30_training/01_train.ipynb #4b52b1b7
 def _wandb_run(run_dir, name, config):
     if run_dir is None or os.environ.get("WANDB_MODE", "offline") == "disabled":
@@ -115,9 +243,54 @@ def _progress_line(name, step, steps, loss, lr, tokens, seconds):
     return f"{name}: step {step + 1}/{steps} loss {loss:.4f} lr {lr:.2e} {rate:.0f} tok/s {seconds:.1f}s"
 
 
+def _batch_parts(batch):
+    "A step's batch as a list of (input_ids, labels, loss weight)."
+    if isinstance(batch, list):
+        return batch
+    if isinstance(batch, tuple):
+        return [(batch[0], batch[1], 1.0)]
+    return [(batch, batch, 1.0)]
+
+
+def _key_parts(model, opt, cfg, checkpoint_key, processes) -> dict:
+    "What a checkpoint must have been made from to be continued: each part's value or hash."
+    conf = getattr(model, "config", None)
+    conf = json.loads(conf.to_json_string(use_diff=False)) if hasattr(conf, "to_json_string") else None
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    return dict(
+        train_config=asdict(cfg),
+        model_config=content_hash(type(model).__name__, conf),
+        initial_weights=content_hash(model.state_dict()),
+        optimizer=content_hash(type(opt).__name__, _jsonable(groups, "optimizer param_groups")),
+        checkpoint_key=content_hash(checkpoint_key),
+        processes=processes,
+    )
+
+
+def _why_not(old: dict, new: dict) -> str:
+    "The parts of a checkpoint key that differ, in words."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{f} {a.get(f)!r} -> {b.get(f)!r}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        else:
+            out.append(f"{k} changed")
+    return ", ".join(out)
+
+
+def _gather_states(acc, *states) -> list:
+    "Each uint8 state tensor of every process, as a (processes, n) tensor (this process's own when alone)."
+    if acc.num_processes == 1:
+        return [s[None] for s in states]
+    return [acc.gather(s.to(acc.device)[None]).cpu() for s in states]
+
+
 def train_lm(
     model: torch.nn.Module,  # a causal LM returning `.loss` given `labels`
-    next_batch: Callable,  # generator -> (B, T) LongTensor, or a pair (input_ids, labels)
+    next_batch: Callable,  # generator -> (B, T) ids, a pair (input_ids, labels), or a list of (ids, labels, weight)
     cfg: TrainConfig,  # steps, lr, schedule, optimizer
     eval_fn: Callable | None = None,  # model -> dict of held-out metrics
     eval_every: int = 0,  # steps between evaluations (0: only at the end)
@@ -125,23 +298,52 @@ def train_lm(
     name: str = "train",  # wandb run name and progress label
     optimizer: torch.optim.Optimizer | None = None,  # overrides cfg.optimizer
     progress: bool = True,  # print about ten progress lines to stdout
+    checkpoint: Path | None = None,  # folder for a resumable checkpoint (None: none is written or read)
+    checkpoint_every: int = 0,  # steps between checkpoints (0: about ten per run); one is written at the end too
+    checkpoint_key: str = "",  # what else determines the result (data, its settings): a mismatch starts fresh
 ) -> dict:
-    "Train `model` in place; return the history and measured throughput."
+    "Train `model` in place, continuing a matching `checkpoint`; return the history and measured throughput."
     seed_everything(cfg.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     opt = optimizer or make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg))
+    kparts = _key_parts(model, opt, cfg, checkpoint_key, acc.num_processes) if checkpoint is not None else None
     model, opt = acc.prepare(model, opt)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    wb = _wandb_run(run_dir, name, {**asdict(cfg), "name": name})
-    history, evals, tokens, t0 = [], [], 0, time.perf_counter()
+    # each process draws its own batches: rank r of N sees a different shard of the data
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * acc.process_index)
+    history, evals, tokens, start, done_s = [], [], 0, 0, 0.0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        meta, got = _read_checkpoint(checkpoint)  # got: the tensors, or why there are none
+        key = content_hash(kparts)
+        if meta is not None and meta.get("key") != key:
+            got = f"it was made for other inputs ({_why_not(meta.get('key_parts', {}), kparts)})"
+            meta = None
+        if meta is None:
+            if acc.is_main_process:
+                print(f"{name}: starting fresh, not from checkpoint {checkpoint}: {got}", flush=True)
+        else:
+            acc.unwrap_model(model).load_state_dict({k[6:]: v for k, v in got.items() if k.startswith("model.")})
+            opt.load_state_dict(_optimizer_unflat(got, meta["optimizer"], opt.param_groups))
+            sched.load_state_dict(meta["scheduler"])
+            gen.set_state(got["rng.batches"][acc.process_index].clone())
+            torch.set_rng_state(got["rng.torch"][acc.process_index].clone())
+            if torch.cuda.is_available():
+                torch.cuda.set_rng_state(got["rng.cuda"][acc.process_index].clone())
+            _set_rng_json(meta["rng"])
+            start, history, evals = meta["step"], meta["history"], meta["evals"]
+            tokens, done_s = meta["tokens"], meta["seconds"]
+            if acc.is_main_process:
+                print(f"{name}: resumed at step {start} of {cfg.steps} from checkpoint {checkpoint}", flush=True)
+    ck_every = checkpoint_every or max(1, math.ceil(cfg.steps / 10))
+    wb = _wandb_run(run_dir, name, {**asdict(cfg), "name": name, "resumed_at": start})
+    t0 = time.perf_counter() - done_s
     every = max(1, math.ceil(cfg.steps / 10))  # steps between progress lines
     model.train()
-    for step in range(cfg.steps):
-        batch = next_batch(gen)
-        ids, labels = batch if isinstance(batch, tuple) else (batch, batch)
-        ids, labels = ids.to(acc.device), labels.to(acc.device)
-        loss = model(input_ids=ids, labels=labels).loss
+    for step in range(start, cfg.steps):
+        parts = _batch_parts(next_batch(gen))
+        losses = [model(input_ids=i.to(acc.device), labels=l.to(acc.device)).loss for i, l, _ in parts]
+        loss = sum(w * part for (_, _, w), part in zip(parts, losses))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
         acc.backward(loss)
@@ -149,11 +351,12 @@ def train_lm(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tokens += ids.numel()
+        tokens += sum(i.numel() for i, _, _ in parts)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rec = dict(
                 step=step,
                 loss=loss.item(),
+                part_losses=[part.item() for part in losses],
                 lr=opt.param_groups[0]["lr"],
                 grad_norm=float(gnorm),
                 tokens=tokens,
@@ -173,12 +376,37 @@ def train_lm(
             evals.append(m)
             if wb:
                 wb.log({f"eval/{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=step)
+        if checkpoint is not None and ((step + 1) % ck_every == 0 or step == cfg.steps - 1):
+            states = [gen.get_state(), torch.get_rng_state()]
+            states += [torch.cuda.get_rng_state()] if torch.cuda.is_available() else []
+            gathered = _gather_states(acc, *states)
+            if acc.is_main_process:
+                sd = acc.unwrap_model(model).state_dict()
+                tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+                opt_t, opt_js = _optimizer_flat(opt.state_dict())
+                tensors.update(opt_t)
+                tensors.update(zip(["rng.batches", "rng.torch", "rng.cuda"], gathered))
+                meta = dict(
+                    key=content_hash(kparts),
+                    key_parts=kparts,
+                    optimizer=opt_js,
+                    scheduler=_jsonable(sched.state_dict(), "scheduler state"),
+                    rng=_rng_json(),
+                    history=history,
+                    evals=_jsonable(evals, "an evaluation"),
+                    tokens=tokens,
+                    seconds=time.perf_counter() - t0,
+                )
+                _write_checkpoint(checkpoint, step + 1, tensors, meta)
+            acc.wait_for_everyone()
     wall = time.perf_counter() - t0
     model.eval()
     if wb:
         wb.summary.update(dict(tokens=tokens, wall_s=wall))
         wb.finish()
-    return dict(history=history, evals=evals, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall)
+    return dict(
+        history=history, evals=evals, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, resumed_at=start or None
+    )
 
 # %% ../../nbs/30_training/01_train.ipynb #c18f8aef
 def encode_examples(
@@ -244,3 +472,36 @@ def mixed_batches(
         return ids, ids
 
     return next_batch
+
+# %% ../../nbs/30_training/01_train.ipynb #3a327774
+def joint_batches(
+    rows: list,  # task rows from `encode_examples`
+    streams: dict,  # name -> token stream (N,) for text windows, loss on every token
+    text_weights: dict,  # stream name -> probability that a step's text windows come from it
+    batch_size: int,  # task rows per step
+    seq_len: int,  # tokens per text window
+    text_batch_size: int,  # text windows per step
+    pad_id: int,  # padding token of the task rows
+    text_loss_weight: float = 0.3,  # weight of the text loss beside the task loss (1.0)
+) -> Callable:
+    "A `next_batch(generator) -> [(ids, labels, 1.0), (windows, windows, text_loss_weight)]`: tasks and text each step."
+    if not rows:
+        raise ConfigError("joint_batches needs task rows")
+    names = list(text_weights)
+    if not names or set(names) - set(streams):
+        raise ConfigError(f"text_weights must name streams among {sorted(streams)}, got {sorted(names)}")
+    w = torch.tensor([float(text_weights[n]) for n in names])
+    if not (w >= 0).all() or w.sum() <= 0:
+        raise ConfigError(f"text_weights must be >= 0 with a positive sum, got {text_weights}")
+    if not text_loss_weight > 0:
+        raise ConfigError(f"text_loss_weight must be > 0, got {text_loss_weight}")
+
+    def next_batch(g):
+        pick = torch.randint(0, len(rows), (batch_size,), generator=g).tolist()
+        ids, labels = pad_rows([rows[i] for i in pick], pad_id)
+        src = names[int(torch.multinomial(w, 1, generator=g))]
+        windows = random_windows(streams[src], seq_len, text_batch_size, g)
+        return [(ids, labels, 1.0), (windows, windows, text_loss_weight)]
+
+    return next_batch
+
