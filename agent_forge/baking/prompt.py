@@ -412,7 +412,7 @@ def bake(
     stop_at: float | None = None,  # half-baking: stop once val KL fell by this fraction
     eval_every: int = 20,  # steps between validation measurements
     targets: list | None = None,  # LoRA targets (default: discovered)
-    seed: int = 0,  # sampling and order seed
+    seed: int = 0,  # sampling, order and LoRA-init seed
 ) -> BakeResult:
     "Bake `prompt` into a copy of `model` by minimising KL(prompted ‖ unprompted) on sampled responses."
     t0 = time.time()
@@ -421,53 +421,57 @@ def bake(
     if len(inputs) < 2 or not heldout:
         raise ConfigError("bake needs at least 2 training inputs and 1 held-out input")
     check_head_contract(model)
-    was_training = model.training
-    model.eval()
-    nval = max(1, len(inputs) // 10)
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=stop_ids)
-    train = sample_trajectories(model, tokenizer, prompt, inputs[nval:], per_input=per_input, seed=seed, **kw)
-    val = sample_trajectories(model, tokenizer, prompt, inputs[:nval], seed=seed + 1, **kw)
-    held = sample_trajectories(model, tokenizer, prompt, heldout, seed=seed + 2, **kw)
-    p = encode(tokenizer, prompt)
-    student = copy.deepcopy(model)
-    targets = list(targets or lora_targets(student))
-    student = get_peft_model(student, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0))
-    params = [q for q in student.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    b = bos_ids(tokenizer)
-    t_train, t_val, t_held = (teacher_logprobs(model, b, p, t) for t in (train, val, held))
+    with torch.random.fork_rng():  # the global RNG (LoRA init, any dropout) is seeded, the caller's left as it was
+        torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        nval = max(1, len(inputs) // 10)
+        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=stop_ids)
+        train = sample_trajectories(model, tokenizer, prompt, inputs[nval:], per_input=per_input, seed=seed, **kw)
+        val = sample_trajectories(model, tokenizer, prompt, inputs[:nval], seed=seed + 1, **kw)
+        held = sample_trajectories(model, tokenizer, prompt, heldout, seed=seed + 2, **kw)
+        p = encode(tokenizer, prompt)
+        student = copy.deepcopy(model)
+        targets = list(targets or lora_targets(student))
+        lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+        student = get_peft_model(student, lora)
+        params = [q for q in student.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        b = bos_ids(tokenizer)
+        t_train, t_val, t_held = (teacher_logprobs(model, b, p, t) for t in (train, val, held))
 
-    def measure(trajs, t_lps):
-        student.eval()
-        return mean_kl(model, student, b, p, trajs, t_lps=t_lps)
+        def measure(trajs, t_lps):
+            student.eval()
+            return mean_kl(model, student, b, p, trajs, t_lps=t_lps)
 
-    kl_before, val0 = measure(held, t_held), measure(val, t_val)
-    curve, g, step, stopped = [dict(step=0, train_kl=None, val_kl=val0)], torch.Generator().manual_seed(seed), 0, False
-    order = torch.randperm(len(train), generator=g).tolist()
-    while step < steps and not stopped:
-        if len(order) < batch_size:
-            order += torch.randperm(len(train), generator=g).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
-        student.train()
-        loss, _ = response_kl(
-            model, student, b, p, [train[i] for i in idx], grad=True, t_lp=torch.cat([t_train[i] for i in idx])
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % eval_every == 0 or step == steps:
-            v = measure(val, t_val)
-            curve.append(dict(step=step, train_kl=loss.item(), val_kl=v))
-            stopped = stop_at is not None and v <= (1 - stop_at) * val0
-    kl_after = measure(held, t_held)
-    baked = student.merge_and_unload().eval()
-    if type(baked) is not type(model):
-        raise AssertionError(f"merged model is {type(baked).__name__}, expected {type(model).__name__}")
-    for q in baked.parameters():
-        q.requires_grad_(True)
-    model.train(was_training)
-    return BakeResult(baked, kl_before, kl_after, val0, curve, step, stopped, targets, time.time() - t0)
+        kl_before, val0 = measure(held, t_held), measure(val, t_val)
+        curve, step, stopped = [dict(step=0, train_kl=None, val_kl=val0)], 0, False
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(train), generator=g).tolist()
+        while step < steps and not stopped:
+            if len(order) < batch_size:
+                order += torch.randperm(len(train), generator=g).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            student.train()
+            loss, _ = response_kl(
+                model, student, b, p, [train[i] for i in idx], grad=True, t_lp=torch.cat([t_train[i] for i in idx])
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % eval_every == 0 or step == steps:
+                v = measure(val, t_val)
+                curve.append(dict(step=step, train_kl=loss.item(), val_kl=v))
+                stopped = stop_at is not None and v <= (1 - stop_at) * val0
+        kl_after = measure(held, t_held)
+        baked = student.merge_and_unload().eval()
+        if type(baked) is not type(model):
+            raise AssertionError(f"merged model is {type(baked).__name__}, expected {type(model).__name__}")
+        for q in baked.parameters():
+            q.requires_grad_(True)
+        model.train(was_training)
+        return BakeResult(baked, kl_before, kl_after, val0, curve, step, stopped, targets, time.time() - t0)
 
 # %% ../../nbs/50_baking/00_prompt.ipynb #f6723e6d
 def greedy_agreement(

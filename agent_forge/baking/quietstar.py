@@ -21,6 +21,7 @@ __all__ = ['START_THOUGHT', 'END_THOUGHT', 'HEAD_FILE', 'CONFIG_FILE', 'KEY_CHAR
 # %% ../../nbs/50_baking/01_quietstar.ipynb #e1e9cf16
 import math, random
 from types import SimpleNamespace
+from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +42,18 @@ from agent_forge.baking.prompt import (
     char_tokenizer,
     fit_lm,
 )
+from agent_forge.training.train import (
+    content_hash,
+    _jsonable,
+    _optimizer_flat,
+    _optimizer_unflat,
+    _read_checkpoint,
+    _rng_json,
+    _set_rng_json,
+    _why_not,
+    _write_checkpoint,
+)
+
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #eaa2a2d0
 @dataclass
@@ -333,35 +346,108 @@ def quietstar_loss(
     )
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #356f3c43
+def _qs_key_parts(qs, opt, windows, settings: dict, checkpoint_key: str) -> dict:
+    "What a Quiet-STaR checkpoint must have been made from to be continued: each part's value or hash."
+    conf = getattr(qs.model, "config", None)
+    conf = json.loads(conf.to_json_string(use_diff=False)) if hasattr(conf, "to_json_string") else None
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    return dict(
+        settings=settings,
+        quietstar_config=asdict(qs.cfg),
+        thought_ids=[qs.start_id, qs.end_id],
+        model_config=content_hash(type(qs.model).__name__, conf),
+        initial_weights=content_hash(qs.state_dict()),
+        optimizer=content_hash(type(opt).__name__, _jsonable(groups, "optimizer param_groups")),
+        windows=content_hash(windows) if isinstance(windows, torch.Tensor) else "a batch source",
+        checkpoint_key=content_hash(checkpoint_key),
+    )
+
+
+def _qs_resume(qs, opt, g: torch.Generator, folder: Path, kparts: dict, steps: int) -> tuple[int, list, float]:
+    "Load a matching checkpoint into `qs`, `opt`, `g` and the RNGs; (step, curve, seconds), or (0, [], 0) and why not."
+    meta, got = _read_checkpoint(folder)  # got: the tensors, or why there are none
+    if meta is not None and meta.get("key") != content_hash(kparts):
+        got = f"it was made for other inputs ({_why_not(meta.get('key_parts', {}), kparts)})"
+        meta = None
+    if meta is None:
+        print(f"quietstar: starting fresh, not from checkpoint {folder}: {got}", flush=True)
+        return 0, [], 0.0
+    qs.load_state_dict({k[len("weights.") :]: v for k, v in got.items() if k.startswith("weights.")})
+    opt.load_state_dict(_optimizer_unflat(got, meta["optimizer"], opt.param_groups))
+    g.set_state(got["rng.batches"].clone())
+    torch.set_rng_state(got["rng.torch"].clone())
+    if torch.cuda.is_available() and "rng.cuda" in got:
+        torch.cuda.set_rng_state(got["rng.cuda"].clone())
+    _set_rng_json(meta["rng"])
+    print(f"quietstar: resumed at step {meta['step']} of {steps} from checkpoint {folder}", flush=True)
+    return meta["step"], meta["curve"], meta["seconds"]
+
+
+def _qs_save(qs, opt, g: torch.Generator, folder: Path, step: int, kparts: dict, curve: list, seconds: float):
+    "Write the weights, optimizer, RNG states and curve after `step` as the checkpoint in `folder`."
+    tensors = {f"weights.{k}": v.detach().cpu().contiguous().clone() for k, v in qs.state_dict().items()}
+    opt_t, opt_js = _optimizer_flat(opt.state_dict())
+    tensors.update(opt_t)
+    tensors.update({"rng.batches": g.get_state(), "rng.torch": torch.get_rng_state()})
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = dict(
+        key=content_hash(kparts),
+        key_parts=kparts,
+        optimizer=opt_js,
+        rng=_rng_json(),
+        curve=_jsonable(curve, "the training curve"),
+        seconds=seconds,
+    )
+    _write_checkpoint(folder, step, tensors, meta)
+
+
 def train_quietstar(
     qs: QuietStar,  # trained in place
-    windows: torch.Tensor,  # (N, T) training windows
+    windows: torch.Tensor | Callable,  # (N, T) training windows, or a batch source `generator -> (B, T) ids`
     steps: int = 100,  # optimiser steps
-    batch_size: int = 8,  # windows per step
+    batch_size: int = 8,  # windows per step (drawn from a tensor of windows)
     lr: float = 3e-4,  # model learning rate
     head_lr: float = 1e-3,  # mixing-head learning rate
     clip: float = 1.0,  # gradient-norm clip
     seed: int = 0,  # randomness
     log_every: int = 1,  # steps between curve entries
+    checkpoint: Path | None = None,  # folder for a resumable checkpoint (None: none is written or read)
+    checkpoint_every: int = 0,  # steps between checkpoints (0: about ten per run); one is written at the end too
+    checkpoint_key: str = "",  # what else determines the result (input artifact, data): a mismatch starts fresh
 ) -> list[dict]:
-    "Run Quiet-STaR training; return the per-step curve."
+    "Run Quiet-STaR training, continuing a matching `checkpoint`; return the per-step curve."
+    if steps < 1 or checkpoint_every < 0:
+        raise ConfigError(f"steps must be >= 1 and checkpoint_every >= 0, got {steps} and {checkpoint_every}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(
         [dict(params=qs.model.parameters(), lr=lr), dict(params=qs.head.parameters(), lr=head_lr)], weight_decay=0.0
     )
-    curve, t0 = [], time.time()
+    settings = dict(
+        steps=steps, batch_size=batch_size, lr=lr, head_lr=head_lr, clip=clip, seed=seed, log_every=log_every
+    )
+    curve, start, done_s, kparts = [], 0, 0.0, None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        kparts = _qs_key_parts(qs, opt, windows, settings, checkpoint_key)
+        start, curve, done_s = _qs_resume(qs, opt, g, checkpoint, kparts, steps)
+    every = checkpoint_every or max(1, math.ceil(steps / 10))
+    t0 = time.time() - done_s
     qs.train()
-    for step in range(1, steps + 1):
-        ids = windows[torch.randint(len(windows), (batch_size,), generator=g)].to(qs.device)
-        loss, d = quietstar_loss(qs, ids, g)
+    for step in range(start + 1, steps + 1):
+        ids = windows(g) if callable(windows) else windows[torch.randint(len(windows), (batch_size,), generator=g)]
+        loss, d = quietstar_loss(qs, ids.to(qs.device), g)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(qs.parameters()), clip)
         opt.step()
         if step % log_every == 0 or step == steps:
             curve.append(dict(step=step, seconds=time.time() - t0, **d))
+        if checkpoint is not None and (step % every == 0 or step == steps):
+            _qs_save(qs, opt, g, checkpoint, step, kparts, curve, time.time() - t0)
     qs.eval()
     return curve
+
 
 # %% ../../nbs/50_baking/01_quietstar.ipynb #41f3fc3e
 @torch.no_grad()

@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from ..foundation.core import ConfigError, IntegrityError, NotBuiltError
 from ..foundation.methods import MethodRegistry
+from ..training.train import _batch_parts
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #e4a5da02
 QUANTIZERS = MethodRegistry("quantiser")  # name -> quantiser function; flag kind: 'weight' or 'activation'
@@ -571,6 +572,16 @@ def _meta_text(meta: dict) -> str:
     return "|".join(str(meta.get(k)) for k in ("format", "version", "layers"))
 
 
+def _save_sorted(tensors: dict, file: Path, meta: dict):
+    "`save_file`, with the header's keys sorted: safetensors writes metadata in hash order, which varies by process."
+    raw = save(tensors, metadata=meta)
+    n = int.from_bytes(raw[:8], "little")
+    text = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise IntegrityError(f"{file}: the sorted safetensors header is longer than the original ({len(text)} > {n})")
+    Path(file).write_bytes(raw[:8] + text + b" " * (n - len(text)) + raw[8 + n :])  # same length: offsets hold
+
+
 def save_packed(
     model: nn.Module,  # QAT model (BitLinear) or loaded packed model (TernaryLinear)
     tokenizer,  # tokenizer saved alongside, or None
@@ -582,7 +593,7 @@ def save_packed(
     tensors, layers = packed_tensors(model)
     meta = dict(format=PACKED_FORMAT, version=PACKED_VERSION, layers=json.dumps(layers, sort_keys=True))
     meta["content_sha256"] = _content_sha256(tensors, _meta_text(meta))
-    save_file(tensors, str(out / PACKED_FILE), metadata=meta)
+    _save_sorted(tensors, out / PACKED_FILE, meta)
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
@@ -706,7 +717,7 @@ def save_packed_module(
     tensors, layers = packed_tensors(module)
     meta = dict(format=PACKED_FORMAT, version=PACKED_VERSION, layers=json.dumps(layers, sort_keys=True))
     meta["content_sha256"] = _content_sha256(tensors, _meta_text(meta))
-    save_file(tensors, str(file), metadata=meta)
+    _save_sorted(tensors, file, meta)
     return Path(file)
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #d46bcddf
