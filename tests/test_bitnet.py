@@ -147,6 +147,12 @@ def test_qat_latent_weights_stay_float32_and_move(cognate_qat):
     assert all(moved)
 
 
+def _run_folder(tmp_path, run_id):
+    "A run folder named after its run id, as the phases require."
+    (tmp_path / run_id).mkdir()
+    return tmp_path / run_id
+
+
 def _phase1_run(run_dir, run_id, preset):
     "A run whose Phase 1 registered an (untrained) tiny Cognate 'general' model with a real tokenizer."
     from agent_forge.data.corpora import domain_documents
@@ -180,6 +186,7 @@ OPEN_GATE = dict(max_ppl_increase=1e6, min_accuracy_retention=0.0)
 
 
 def test_phase4_notebook_end_to_end(tmp_path):
+    tmp_path = _run_folder(tmp_path, "p4")
     reg, src = _phase1_run(tmp_path, "p4", "tiny")
     _run_phase4(tmp_path, "p4", "tiny", **_smoke4(**OPEN_GATE))
     art = reg.find_artifact("p4", 4, "bitnet")
@@ -202,6 +209,7 @@ def test_phase4_notebook_end_to_end(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny", "full"])
 def test_phase4_gate_enforced_at_every_preset(tmp_path, preset):
     import papermill as pm
+    tmp_path = _run_folder(tmp_path, "p4g")
     _phase1_run(tmp_path, "p4g", preset)
     with pytest.raises(pm.PapermillExecutionError) as e:  # a limit of -100% demands a perplexity of 0
         _run_phase4(tmp_path, "p4g", preset, **_smoke4(max_ppl_increase=-1.0, min_accuracy_retention=0.0))
@@ -213,6 +221,7 @@ def test_phase4_keeps_quietstar_head_and_thoughts(tmp_path):
     from agent_forge.baking.quietstar import CONFIG_FILE, QuietStar, load_quietstar, save_quietstar_extras
     from agent_forge.compress.bitnet import QS_HEAD_PACKED, load_bitnet_quietstar
     from agent_forge.runs.registry import save_model_artifact
+    tmp_path = _run_folder(tmp_path, "p4q")
     reg, src = _phase1_run(tmp_path, "p4q", "tiny")
     model, tok = load_model_artifact_plain(reg, src)
     qs = QuietStar(model, tok)
