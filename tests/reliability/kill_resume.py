@@ -251,7 +251,9 @@ def main(argv=None) -> int:
 
     rng = random.Random(a.seed)
     phases = sorted(walls)
-    plan = [(phases[i * len(phases) // a.kills], rng.uniform(0.02, 0.98)) for i in range(a.kills)]
+    # the last phase's kills land in its first half: one after it has finished leaves nothing for the next to kill
+    plan = [phases[i * len(phases) // a.kills] for i in range(a.kills)]
+    plan = [(ph, rng.uniform(0.02, 0.5 if ph == phases[-1] else 0.98)) for ph in plan]
     kill_dir, problems, kills, outcomes = work / "killed" / rid, [], [], []
     while True:
         t_launch = datetime.now(timezone.utc)
@@ -315,6 +317,8 @@ def main(argv=None) -> int:
         header_order += [f"{k}/{f}" for f in order]
         if order != files or not a.header_order_ok:
             problems.append(f"artifact {k}: sha256 differs from the reference (files {files})")
+    if len(kills) < a.kills:
+        problems.append(f"only {len(kills)} of the {a.kills} planned kills happened: the run finished first")
     by_phase = {p: sum(k["phase"] == p for k in kills) for p in phases}
     print(f"kills: {len(kills)} (by the phase running when killed: {by_phase}, "
           f"between phases: {sum(k['phase'] is None for k in kills)})")
