@@ -22,7 +22,7 @@ from torch import nn
 # %% ../../nbs/60_tools/03_traces.ipynb #d5869689
 from ..foundation.core import ConfigError
 from ..foundation.methods import MethodRegistry
-from ..data.tasks import Example, level_examples, stable_hash
+from ..data.tasks import _ARITH_RE, Example, _recall_parts, level_examples, stable_hash
 from ..baking.prompt import BakeResult, bake
 from .builtin import LookupStore, toolset
 from .calls import RESULT_END, RESULT_START, TOOL_END, TOOL_START, ToolTranscript, run_call
@@ -82,28 +82,20 @@ class ToolTrace:
 TRACE_FAMILIES = MethodRegistry("trace family")  # task family -> fn(prompt) -> (tool, argument, lookup items)
 
 # %% ../../nbs/60_tools/03_traces.ipynb #efe08b7d
-_ARITH = re.compile(r"^[QW]: (\d+[-+*]\d+)=$")
-
-
 @TRACE_FAMILIES.register("arithmetic", paper="https://arxiv.org/abs/2302.04761", tool="calculator")
 def arithmetic_call(prompt: str) -> tuple[str, str, dict]:  # an arithmetic prompt, e.g. "Q: 23*47="
-    "`calculator` on the prompt's expression, with no lookup items."
-    m = _ARITH.match(prompt)
+    "`calculator` on the prompt's expression (parsed as `data.tasks` parses it), with no lookup items."
+    m = _ARITH_RE.match(prompt)
     if m is None:
         raise ConfigError(f"not an arithmetic prompt: {prompt!r}")
-    return "calculator", m[1], {}
+    return "calculator", f"{m[1]}{m[2]}{m[3]}", {}
 
 # %% ../../nbs/60_tools/03_traces.ipynb #96118e93
-_RECALL = re.compile(r"^R: ((?:[a-z]+=\d+ )+)\? ([a-z]+)=$")
-
-
 @TRACE_FAMILIES.register("recall", paper="https://arxiv.org/abs/2302.04761", tool="lookup")
 def recall_call(prompt: str) -> tuple[str, str, dict]:  # a recall prompt, e.g. "R: ab=12 cd=34 ? cd="
-    "`lookup` of the queried key, with the prompt's pairs as the items to store."
-    m = _RECALL.match(prompt)
-    if m is None:
-        raise ConfigError(f"not a recall prompt: {prompt!r}")
-    return "lookup", m[2], dict(p.split("=") for p in m[1].split())
+    "`lookup` of the queried key, with the prompt's pairs as the items to store (parsed as `data.tasks` parses them)."
+    pairs, key = _recall_parts(prompt)
+    return "lookup", key, dict(pairs)
 
 # %% ../../nbs/60_tools/03_traces.ipynb #58b9e04b
 def tool_trace(
