@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save, save_file
-from ..foundation.core import ConfigError, IntegrityError, NotBuiltError
+from ..foundation.core import ConfigError, IntegrityError, NotBuiltError, accepts_kwarg
 from ..foundation.methods import MethodRegistry
 from ..training.train import _batch_parts
 
@@ -467,6 +467,7 @@ def qat_train(
     opt = make_qat_optimizer(model, optimizer, lr, weight_decay, **(optimizer_options or {}))
     base = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
     hist = dict(loss=[], lr=[], weight_decay=[], optimizer=optimizer, steps=steps)
+    fast = {"loss_only": True} if accepts_kwarg(model, "loss_only") else {}
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
@@ -474,7 +475,7 @@ def qat_train(
         for g, (l0, w0) in zip(opt.param_groups, base):
             g["lr"], g["weight_decay"] = l0 * f_lr, w0 * f_wd
         parts = _batch_parts(batches(step))
-        loss = sum(w * model(input_ids=i, labels=l).loss for i, l, w in parts)
+        loss = sum(w * model(input_ids=i, labels=l, **fast).loss for i, l, w in parts)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"QAT loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)

@@ -6,12 +6,13 @@ Docs: https://agent-forge.github.io/agent-forge/00_foundation/core.html.md"""
 
 # %% ../../nbs/00_foundation/00_core.ipynb #94ae2e6f
 from __future__ import annotations
-import hashlib, os, random, re, time
+import hashlib, inspect, os, random, re, time
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['AgentForgeError', 'ConfigError', 'IntegrityError', 'GateError', 'NotBuiltError', 'seed_everything', 'validate_name',
-           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'timed', 'patch', 'wandb_env']
+           'safe_join', 'sha256_file', 'project_root', 'data_dir', 'default_device', 'timed', 'patch', 'accepts_kwarg',
+           'wandb_env']
 
 # %% ../../nbs/00_foundation/00_core.ipynb #089f1620
 import numpy as np
@@ -135,6 +136,15 @@ def patch(f):
     f.__qualname__ = f"{cls.__name__}.{f.__name__}"
     setattr(cls, f.__name__, f)
     return f
+
+# %% ../../nbs/00_foundation/00_core.ipynb #c0ac4e01
+def accepts_kwarg(
+    model,  # a module (or anything with a `forward`)
+    name: str,  # a keyword argument, e.g. 'loss_only' or 'logits_to_keep'
+) -> bool:
+    "Whether `model.forward` names `name` in its signature (a `**kwargs` catch-all does not count)."
+    return name in inspect.signature(type(model).forward).parameters
+
 
 # %% ../../nbs/00_foundation/00_core.ipynb #6f65b978
 def wandb_env(

@@ -390,11 +390,24 @@ def forward(
     inputs_embeds=None,  # (B, T, C) instead of input_ids
     output_hidden_states=False,  # also return each layer's hidden state
     return_dict=True,  # always a CognateCausalLMOutput; accepted for Hugging Face callers
+    logits_to_keep: int = 0,  # recursion and logits for the last this many positions only (0: all); no labels
+    loss_only: bool = False,  # with labels: recursion and logits only where a label counts, outputs (1, N, ...)
     **kwargs,
 ):
     "The backbone once, then `trm_supervision_steps` recursion passes; logits of the last pass, loss over all."
     check_attention_mask(attention_mask)
+    if loss_only and labels is None:
+        raise ConfigError("loss_only=True needs labels: it keeps only the positions whose label counts")
+    if logits_to_keep and labels is not None:
+        raise ConfigError("logits_to_keep drops positions the loss needs; pass labels or logits_to_keep, not both")
     x, hidden = self.model(input_ids, inputs_embeds, output_hidden_states)  # (B, T, C)
+    # the recursion and the LM head act on each position alone, so positions nobody reads can be dropped here
+    tgt = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): target of position t
+    if loss_only:
+        keep = tgt != -100
+        x, tgt = x[keep][None], tgt[keep][None]  # (1, N, C), (1, N)
+    elif logits_to_keep:
+        x = x[:, -logits_to_keep:]
     B, T, C = x.shape
     y = self.recursion.y_init.expand(B, T, C)
     z = self.recursion.z_init.expand(B, T, C)
@@ -418,11 +431,11 @@ def forward(
         passes = torch.where(newly, torch.full_like(passes, s + 1), passes)
         halted = halted | (q > 0)
         if labels is not None:
-            lg, tgt = logits[:, :-1].float(), labels[:, 1:]
+            lg = logits.float()
             ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=-100)
             valid = tgt != -100
             correct = (lg.argmax(-1) == tgt).float()
-            bce = F.binary_cross_entropy_with_logits(q[:, :-1][valid], correct[valid]) if valid.any() else ce * 0
+            bce = F.binary_cross_entropy_with_logits(q[valid], correct[valid]) if valid.any() else ce * 0
             losses.append(ce + self.config.halt_loss_weight * bce)
         if s + 1 < self.config.trm_supervision_steps:
             y, z = y.detach(), z.detach()

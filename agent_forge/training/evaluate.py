@@ -18,7 +18,7 @@ __all__ = ['SUITES', 'DOMAIN_SUITES', 'domain_stream', 'heldout_sets', 'heldout_
 # %% ../../nbs/30_training/02_evaluate.ipynb #981748b7
 import torch
 import torch.nn.functional as F
-from ..foundation.core import ConfigError
+from ..foundation.core import ConfigError, accepts_kwarg
 from ..data.corpora import DOMAINS, domain_documents
 from ..data.tasks import TASK_FAMILIES, Example, level_examples, parse_answer
 from ..data.tokenizer import eval_windows, tokenize_documents
@@ -139,13 +139,14 @@ def greedy_complete(
         groups[len(e)].append(i)
     out = [""] * len(prompts)
     eos = tokenizer.eos_token_id
+    last = {"logits_to_keep": 1} if accepts_kwarg(model, "logits_to_keep") else {}
     for idx_all in groups.values():
         for b in range(0, len(idx_all), batch_size):
             idx = idx_all[b : b + batch_size]
             ids = torch.tensor([enc[i] for i in idx], device=dev)  # (B, T)
             start, done = ids.shape[1], torch.zeros(len(idx), dtype=torch.bool, device=dev)
             for _ in range(max_new_tokens):
-                nxt = model(input_ids=ids).logits[:, -1].argmax(-1)  # (B,)
+                nxt = model(input_ids=ids, **last).logits[:, -1].argmax(-1)  # (B,)
                 ids = torch.cat([ids, nxt[:, None]], dim=1)
                 done |= nxt == eos
                 texts = tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load as load_tensors, save_file
-from ..foundation.core import ConfigError, NotBuiltError, seed_everything, sha256_file
+from ..foundation.core import ConfigError, NotBuiltError, accepts_kwarg, seed_everything, sha256_file
 from ..foundation.methods import MethodRegistry
 from ..data.tokenizer import random_windows
 
@@ -339,10 +339,11 @@ def train_lm(
     wb = _wandb_run(run_dir, name, {**asdict(cfg), "name": name, "resumed_at": start})
     t0 = time.perf_counter() - done_s
     every = max(1, math.ceil(cfg.steps / 10))  # steps between progress lines
+    fast = {"loss_only": True} if accepts_kwarg(acc.unwrap_model(model), "loss_only") else {}
     model.train()
     for step in range(start, cfg.steps):
         parts = _batch_parts(next_batch(gen))
-        losses = [model(input_ids=i.to(acc.device), labels=l.to(acc.device)).loss for i, l, _ in parts]
+        losses = [model(input_ids=i.to(acc.device), labels=l.to(acc.device), **fast).loss for i, l, _ in parts]
         loss = sum(w * part for (_, _, w), part in zip(parts, losses))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
