@@ -129,6 +129,18 @@ def test_gate_failure_line(project):
     assert len(err) == 1, err  # nothing else on stderr: no per-key papermill warnings, no kernel chatter
 
 
+def test_keep_going_runs_past_a_failed_gate(project):
+    rc, out, err = cli(
+        "run", "--preset", "tiny", "--phases", "1-4", "--run-id", "k1", "--param", "threshold=3", "--no-progress",
+        "--keep-going",
+    )
+    assert rc == 2 and err[-1].startswith("error: gate failed in phase(s) 2 (--keep-going ran the rest): phase 2")
+    assert calls(project, "k1") == [1, 2, 4]  # phase 4 ran on phase 2's artifact, still live
+    assert "phase 2 (check): --keep-going: the next phases use its artifacts" in out
+    rows = dump(project / "runs" / "k1" / "registry.sqlite")
+    assert [r[4] for r in rows["phases"]] == ["done", "gate_failed", "done"]  # column 4: status
+
+
 def test_status_and_missing_run(project, capsys):
     assert main(["status"]) == 0
     assert capsys.readouterr().out.startswith("no runs in")

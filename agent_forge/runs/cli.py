@@ -16,7 +16,6 @@ __all__ = ['main']
 from ..foundation.core import AgentForgeError, ConfigError, NotBuiltError, project_root
 from .runner import ALL_PHASES
 
-
 # %% ../../nbs/80_runs/02_cli.ipynb #06303f84
 class _Parser(argparse.ArgumentParser):
     "ArgumentParser whose usage errors are `ConfigError`s (one line, exit 2)."
@@ -42,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--runs-dir", type=Path, help="folder of run folders (default: <project>/runs)")
     r.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")
+    r.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="after a failed gate, run the later phases on its artifacts (exit status 2 at the end)",
+    )
     s = sub.add_parser("status", help="list runs, or show one run's phases and artifacts")
     s.add_argument("run_id", nargs="?")
     s.add_argument("--runs-dir", type=Path)
@@ -70,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run(a):
     from agent_forge.runs.runner import run_pipeline
 
-    res = run_pipeline(a.preset, a.phases, a.run_id, a.resume, a.param, a.runs_dir, progress=not a.no_progress)
+    res = run_pipeline(
+        a.preset, a.phases, a.run_id, a.resume, a.param, a.runs_dir, progress=not a.no_progress, keep_going=a.keep_going
+    )
     print(
         f"{len(res)} phase(s) done: " + ", ".join(f"{r['phase']} ({r['wall_s']:.1f} s)" for r in res)
         if res

@@ -27,7 +27,6 @@ from agent_forge.foundation.core import (
 )
 from ..foundation.config import PHASES
 
-
 # %% ../../nbs/80_runs/00_registry.ipynb #7d56c7e5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -297,6 +296,7 @@ def finish_phase(
     status: str,  # 'done', 'failed' or 'gate_failed'
     metrics: dict | None = None,  # merged into the phase's metrics
     error: str | None = None,  # the failure message
+    keep_artifacts: bool = False,  # gate_failed only: its artifacts stay live (the runner's --keep-going)
 ) -> dict:
     "Record the end of a phase; a failed phase's live artifacts become `failed`."
     _phase_num(phase)
@@ -313,7 +313,7 @@ def finish_phase(
             "UPDATE phases SET status=?, finished=?, wall_s=?, metrics=?, error=? WHERE run_id=? AND phase=?",
             (status, end.isoformat(timespec="milliseconds"), wall, _dumps(m, "metrics"), error, run_id, phase),
         )
-        if status != "done":
+        if status == "failed" or (status == "gate_failed" and not keep_artifacts):
             c.execute(
                 "UPDATE artifacts SET state='failed', state_reason=? WHERE run_id=? AND phase=? AND state='live'",
                 (f"phase {phase} {status}: {error or ''}".strip(), run_id, phase),

@@ -175,7 +175,6 @@ def _scoped(overrides: dict, chain: list, declared: dict) -> dict:
             out.update({f"{n}.{k}": v for n in chain if k in declared[n]})
     return out
 
-
 # %% ../../nbs/80_runs/01_runner.ipynb #cc152f3c
 def plan_run(
     preset: str | None = "tiny",  # preset name (None when resuming: the run's own)
@@ -338,6 +337,7 @@ def execute_plan(
     plan: dict,  # from `plan_run`
     progress: bool = True,  # papermill's progress bar
     log=print,  # where the per-phase lines go
+    keep_going: bool = False,  # after a failed gate, run the later phases on its artifacts; GateError at the end
 ) -> list:
     "Execute the plan's phases in order (from the resume point); return one result dict per phase run."
     with Registry.open(plan["run_dir"]) as reg:
@@ -373,8 +373,14 @@ def execute_plan(
                 results.append(dict(phase=n, name=name, status="done", wall_s=wall, notebook=out))
                 continue
             status, msg = err
-            reg.finish_phase(plan["run_id"], n, status, {"wall_s": round(wall, 3)}, error=msg)
+            keep = keep_going and status == "gate_failed"
+            reg.finish_phase(plan["run_id"], n, status, {"wall_s": round(wall, 3)}, error=msg, keep_artifacts=keep)
             msg1 = " ".join(str(msg).split())
+            if keep:
+                log(f"phase {n} ({name}): gate failed in {wall:.1f} s: {msg1}")
+                log(f"phase {n} ({name}): --keep-going: the next phases use its artifacts")
+                results.append(dict(phase=n, name=name, status=status, wall_s=wall, notebook=out, error=msg1))
+                continue
             if status == "gate_failed":
                 raise GateError(f"gate failed in phase {n} ({name}): {msg1}; report: {out}")
             klog = s["kernel_log"]
@@ -382,6 +388,12 @@ def execute_plan(
                 f"phase {n} ({name}) failed after {wall:.1f} s: {msg1}; executed notebook: {out}"
                 + (f" (kernel log: {klog})" if status == "failed" and not out.exists() and klog.exists() else "")
             )
+    failed = [r for r in results if r["status"] == "gate_failed"]
+    if failed:
+        raise GateError(
+            f"gate failed in phase(s) {', '.join(str(r['phase']) for r in failed)} (--keep-going ran the rest): "
+            + "; ".join(f"phase {r['phase']} ({r['name']}): {r['error']}" for r in failed)
+        )
     return results
 
 # %% ../../nbs/80_runs/01_runner.ipynb #f045c84f
@@ -440,6 +452,7 @@ def run_pipeline(
     kernel: str = KERNEL,
     progress: bool = True,
     log=print,
+    keep_going: bool = False,  # run past failed gates (see `execute_plan`)
 ) -> list:
     "Plan and execute a run (see `plan_run` and `execute_plan`); the CLI's `agent-forge run`."
     plan = plan_run(preset, phases, run_id, resume, params, runs_dir, root, kernel, log)
@@ -447,7 +460,7 @@ def run_pipeline(
         f"run {plan['run_id']} ({plan['preset']}): "
         f"phases {', '.join(str(s['phase']) for s in plan['steps'])} -> {plan['run_dir']}"
     )
-    return execute_plan(plan, progress, log)
+    return execute_plan(plan, progress, log, keep_going)
 
 # %% ../../nbs/80_runs/01_runner.ipynb #d8639a7b
 def _fmt_metrics(m: dict, n: int = 6) -> str:
@@ -520,8 +533,11 @@ def run_status(
                     f"{_fmt_metrics(p['metrics'])}"
                 ).rstrip()
             )
-            rows.append("  " + (f"stale: {'; '.join(why)}" if why else "done: outputs verify, inputs live")
-                        + ("" if why or p["phase"] not in requested else ", parameters as requested"))
+            rows.append(
+                "  "
+                + (f"stale: {'; '.join(why)}" if why else "done: outputs verify, inputs live")
+                + ("" if why or p["phase"] not in requested else ", parameters as requested")
+            )
             if p["inputs"]:
                 ins = [f"{e['phase']}/{e['name']} " + (f"#{e['id']}" if e["id"] else "absent") for e in p["inputs"]]
                 rows.append(f"  inputs: {', '.join(ins)}")
