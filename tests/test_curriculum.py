@@ -1,14 +1,16 @@
 """Phase 5's curriculum parts with fake models and graders: pool retirement and hints, the training signal, the
-JSONL source, the baseline level and the dream filter."""
+JSONL source, the baseline level, the dream filter, the self-model head, and a curriculum killed inside a level
+(SIGKILL in a subprocess) that resumes from its checkpoint to the result of an uninterrupted run."""
 
-import json
+import dataclasses, json, os, signal, subprocess, sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from agent_forge.baking.prompt import char_tokenizer, tiny_llama
-from agent_forge.data.tasks import solve_arithmetic, solve_sequence
-from agent_forge.foundation.core import ConfigError, NotBuiltError
+from agent_forge.data.tasks import Example, solve_arithmetic, solve_sequence
+from agent_forge.foundation.core import ConfigError
 from agent_forge.curriculum.levels import MAX_HINTS, Question, TaskSource, baseline_level, jsonl_source, level_scores
 from agent_forge.curriculum.loop import (
     CurriculumSettings,
@@ -18,7 +20,10 @@ from agent_forge.curriculum.loop import (
     run_curriculum,
     self_model_head,
     thaw_ternary,
+    train_examples,
 )
+from agent_forge.training.optim import MuGrokfast
+from agent_forge.training.train import content_hash
 
 TOK = char_tokenizer("0123456789+-*=QWRS: ,abcdefghijklmnopqrstuvwxyz?\n")
 
@@ -82,7 +87,7 @@ def test_dream_filter_keeps_only_verified():
     assert all(solve_sequence(e.prompt) == e.answer for e in kept)
 
 
-def test_loop_stops_at_the_hard_wall_and_self_model_is_not_built():
+def test_loop_stops_at_the_hard_wall():
     lm = tiny_llama(len(TOK), hidden_size=16, layers=1)
     cs = CurriculumSettings(pool_size=3, level_rounds=2, eval_every=2, heldout_examples=4, steps_per_round=1,
                             batch_size=2, dreams=False)
@@ -91,5 +96,119 @@ def test_loop_stops_at_the_hard_wall_and_self_model_is_not_built():
     assert [r["status"] for r in res.levels] == ["hard wall"] and "hard wall at level 1" in res.messages[0]
     assert res.levels[0]["hints"] == 6 and res.reached == {"recall": 0}
     assert all(r["where"] == "below" for r in res.curve)
-    with pytest.raises(NotBuiltError):
-        self_model_head(lm)
+
+
+def test_self_model_head_regresses_detached_activations_and_joins_training():
+    lm = tiny_llama(len(TOK), hidden_size=16, layers=2)
+    head = self_model_head(lm, layer=1, weight=2.0)
+    ids = torch.tensor([[2, 3, 4, 5, 6]])
+    labels = torch.tensor([[-100, -100, 4, 5, 6]])
+    h = lm(input_ids=ids, output_hidden_states=True).hidden_states[1].detach().requires_grad_(True)
+    hs = (None, h, None)
+    loss = head(hs, labels)
+    loss.backward()
+    rows = h[0, 1:4]  # positions 1..3 predict the labelled tokens 2..4
+    pred = head.proj(rows)
+    assert torch.allclose(loss, ((pred - rows) ** 2).mean())
+    # the target is a constant: the gradient reaches the activations through the prediction only
+    manual = 2 * (pred - rows) @ head.proj.weight / rows.numel()
+    assert torch.allclose(h.grad[0, 1:4], manual.detach(), atol=1e-6) and h.grad[0, [0, 4]].abs().sum() == 0
+    with pytest.raises(ConfigError, match="not one of the 3 hidden states"):
+        self_model_head(lm, layer=3)
+    ex = [Example("Q: 1+1=", "2\n", "2")] * 4
+    with_head = tiny_llama(len(TOK), hidden_size=16, layers=2)
+    opt = torch.optim.AdamW(list(with_head.parameters()) + list(head.parameters()), lr=1e-2)
+    h1 = train_examples(with_head, TOK, ex, 3, opt, batch_size=2, self_model=head)
+    plain = tiny_llama(len(TOK), hidden_size=16, layers=2)
+    h0 = train_examples(plain, TOK, ex, 3, torch.optim.AdamW(plain.parameters(), lr=1e-2), batch_size=2)
+    assert "self_model_loss" not in h0 and h1["self_model_loss"] > 0
+    assert h1["losses"][0] > h0["losses"][0]  # same weights and batch: the first step's loss adds the head's
+    assert content_hash(with_head.state_dict()) != content_hash(plain.state_dict())
+
+
+def _part_oracle(lm):
+    "Greedy decoding of `lm`, except a fixed third of the questions, answered right (so questions retire)."
+    from zlib import crc32
+
+    from agent_forge.curriculum.levels import complete_fn
+
+    greedy = complete_fn(lm, TOK)
+    solve = {"Q": solve_arithmetic, "S": solve_sequence}
+
+    def complete(prompts, n):
+        out = greedy(prompts, n)
+        for i, p in enumerate(prompts):
+            q = p.split("=")[0] + "="
+            if crc32(q.encode()) % 3 == 0:
+                out[i] = (" = " if len(p) > len(q) else "") + solve[q[0]](q)  # after a hint: end its worked line
+        return out
+
+    return complete
+
+
+def _resume_setup():
+    "The killed and the uninterrupted run's inputs: two families, partly real decoding, dreams, a self-model head."
+    lm = tiny_llama(len(TOK), hidden_size=16, layers=1)
+    opt = MuGrokfast.for_model(lm, lr=1e-2, grokfast_lambda=2.0)
+    srcs = {f: TaskSource(f) for f in ("arithmetic", "sequence")}
+    cs = CurriculumSettings(pool_size=3, level_rounds=3, eval_every=3, max_levels=2, heldout_examples=4,
+                            steps_per_round=2, batch_size=4, hard_wall=0.0, dreams=True, dream_samples=3,
+                            self_model_weight=0.5)
+    return lm, opt, srcs, {"arithmetic": 1, "sequence": 1}, cs, _part_oracle(lm)
+
+
+KILLED = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from test_curriculum import TOK, _resume_setup
+from agent_forge.curriculum.loop import run_curriculum
+
+lm, opt, srcs, start, cs, complete = _resume_setup()
+
+
+def log(msg):
+    if msg.startswith("round 4:"):  # the first round of level 2, after its training, before its checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+run_curriculum(lm, TOK, srcs, start, cs, opt, complete, log=log, checkpoint=sys.argv[1], checkpoint_every=2)
+"""
+
+
+def _timeless(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_curriculum_killed_inside_a_level_resumes_to_the_uninterrupted_result(tmp_path):
+    lm, opt, srcs, start, cs, complete = _resume_setup()
+    ref = run_curriculum(lm, TOK, srcs, start, cs, opt, complete, log=lambda m: None)
+    assert sum(r["right"] for r in ref.curve) > 0 and sum(r["retired"] for r in ref.levels) > 0
+    assert [(r["family"], r["level"]) for r in ref.levels] == [("arithmetic", 1), ("sequence", 1),
+                                                               ("arithmetic", 2), ("sequence", 2)]
+    ck = tmp_path / "ck"
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    r = subprocess.run([sys.executable, str(script), str(ck), str(Path(__file__).parent)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "step-00000002.safetensors"]  # every 2 rounds: round 2
+    said = []
+    lm2, opt2, *_, complete2 = _resume_setup()
+    back = run_curriculum(lm2, TOK, srcs, start, cs, opt2, complete2, log=said.append, checkpoint=ck,
+                          checkpoint_every=2)
+    assert said[0].startswith("curriculum: resumed after round 2") and back.resumed_at == 2
+    assert content_hash(lm2.state_dict()) == content_hash(lm.state_dict())
+    assert _timeless(back.curve) == _timeless(ref.curve) and back.reached == ref.reached
+    assert _timeless(back.levels) == _timeless(ref.levels)
+    assert all(c["self_model_loss"] > 0 for c in back.curve)
+    # other settings do not continue it: the run starts fresh and says why
+    said.clear()
+    lm3, opt3, *_ = _resume_setup()
+
+    def stop(prompts, n):
+        raise KeyboardInterrupt("stopped at the first answer")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_curriculum(lm3, TOK, srcs, start, dataclasses.replace(cs, steps_per_round=1), opt3, complete=stop,
+                       log=said.append, checkpoint=ck)
+    assert said[0].startswith("curriculum: starting fresh") and "settings.steps_per_round 2 -> 1" in said[0]

@@ -6,23 +6,29 @@ Docs: https://agent-forge.github.io/agent-forge/55_curriculum/loop.html.md"""
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #b169f6f7
 from __future__ import annotations
-import copy, math, random, time
+import copy, json, math, random, time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 # %% auto #0
 __all__ = ['PoolItem', 'QuestionPool', 'Attempt', 'attempt', 'Targeting', 'encode_verified', 'train_examples', 'thaw_ternary',
-           'dream_filter', 'dream', 'self_model_head', 'strategy_prompt', 'bake_level', 'CurriculumSettings',
-           'CurriculumResult', 'run_curriculum']
+           'copy_model', 'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread',
+           'strategy_prompt', 'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #ceef08c6
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #f5246402
-from ..foundation.core import ConfigError, NotBuiltError
+from ..foundation.core import ConfigError, accepts_kwarg
 from ..data.tasks import TASK_FAMILIES, Example
-from ..training.train import TrainConfig, encode_examples, pad_rows, joint_batches, train_lm
+from ..training.evaluate import TaskScore, mean_se
+from ..training.train import TrainConfig, encode_examples, pad_rows, joint_batches, train_lm, content_hash
+from ..training.train import _jsonable, _optimizer_flat, _optimizer_unflat, _read_checkpoint, _why_not
+from ..training.train import _rng_json, _set_rng_json, _write_checkpoint
 from ..compress.bitnet import BitLinear, TernaryLinear
 from .levels import MAX_HINTS, VERIFIERS, Question, budget
 
@@ -42,6 +48,11 @@ class PoolItem:
         return self.question.prompt + self.question.hint(self.hints)
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #c02d3cb8
+def _question_json(q: Question) -> dict:
+    "A question as JSON (`Question(**d)` rebuilds it)."
+    return dict(prompt=q.prompt, answer=q.answer, verifier=q.verifier, level=q.level, worked=q.worked)
+
+
 class QuestionPool:
     "A pool of one level's training questions: retire after `retire_after` successes in a row, a hint per failure."
 
@@ -92,6 +103,35 @@ class QuestionPool:
     def converged(self) -> bool:
         "The pool turned over once (as many retirements as questions) and its last answers were all right."
         return self.retired >= len(self.items) and all(it.streak > 0 for it in self.items)
+
+    def state(self) -> dict:
+        "The pool as JSON: its items (question, hints, streak, attempts), the fresh variants and the counters."
+        return dict(
+            level=self.level,
+            retire_after=self.retire_after,
+            items=[
+                dict(question=_question_json(it.question), hints=it.hints, streak=it.streak, attempts=it.attempts)
+                for it in self.items
+            ],
+            fresh=[_question_json(q) for q in self.fresh],
+            counts=[self.retired, self.hints_used, self.successes, self.failures],
+        )
+
+    @classmethod
+    def from_state(
+        cls,
+        source,  # the question source the pool draws from
+        state: dict,  # what `state()` returned
+    ) -> QuestionPool:
+        "The pool that `state()` described, over `source`."
+        pool = cls.__new__(cls)
+        pool.source, pool.level, pool.retire_after = source, state["level"], state["retire_after"]
+        pool.fresh = deque(Question(**q) for q in state["fresh"])
+        pool.items = [
+            PoolItem(Question(**it["question"]), it["hints"], it["streak"], it["attempts"]) for it in state["items"]
+        ]
+        pool.retired, pool.hints_used, pool.successes, pool.failures = state["counts"]
+        return pool
 
     def __repr__(self):
         return (
@@ -205,6 +245,7 @@ def train_examples(
     text_batch: int = 2,  # text windows per step
     text_loss_weight: float = 0.3,  # weight of the text loss
     seed: int = 0,  # batch seed
+    self_model: nn.Module | None = None,  # a `SelfModelHead` whose loss joins every forward pass (in `optimizer` too)
 ) -> dict:
     "Train `steps` steps on the examples (loss on completions only); returns the loss of each step and rows used."
     rows, dropped = encode_verified(tokenizer, examples)
@@ -221,8 +262,14 @@ def train_examples(
 
     lr = optimizer.param_groups[0]["lr"]
     cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=0, min_lr_ratio=1.0, log_every=1, seed=seed)
-    h = train_lm(model, nb, cfg, optimizer=optimizer, progress=False)
-    return dict(losses=[r["loss"] for r in h["history"]], rows=len(rows), dropped=dropped)
+    net = model if self_model is None else _SelfModelled(model, self_model)
+    if self_model is not None:
+        self_model.recent.clear()
+    h = train_lm(net, nb, cfg, optimizer=optimizer, progress=False)
+    out = dict(losses=[r["loss"] for r in h["history"]], rows=len(rows), dropped=dropped)
+    if self_model is not None:
+        out["self_model_loss"] = sum(self_model.recent) / len(self_model.recent)  # mean over the forward passes
+    return out
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #42c5de43
 def thaw_ternary(
@@ -245,6 +292,16 @@ def thaw_ternary(
         parent, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return names
+
+# %% ../../nbs/55_curriculum/01_loop.ipynb #3f112148
+def copy_model(
+    model: nn.Module,  # a model to train a second time from the same weights (an ablation, a restarted run)
+) -> nn.Module:
+    "A deep copy of `model` whose parameters keep their attributes (`copy.deepcopy` drops the STE mark of latents)."
+    out = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), out.parameters()):
+        q.__dict__.update(p.__dict__)
+    return out
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #deffd640
 def dream_filter(
@@ -298,14 +355,89 @@ def dream(
     return dream_filter(lines, family, level, exclude), lines
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #a1726b9a
+class SelfModelHead(nn.Module):
+    "A linear head regressing a hidden layer's activations from that layer's output (self-modelling, arXiv 2407.10188)."
+
+    def __init__(
+        self,
+        hidden_size: int,  # width of the hidden states
+        layer: int = -1,  # index into `hidden_states` (0: the embeddings, -1: the last layer's output)
+        weight: float = 1.0,  # weight of its loss beside the task loss
+        seed: int = 0,  # init seed of the head
+    ):
+        super().__init__()
+        if hidden_size < 1 or not weight > 0:
+            raise ConfigError(f"need hidden_size >= 1 and weight > 0, got {hidden_size}, {weight}")
+        self.layer, self.weight, self.recent = layer, weight, []  # recent: losses of the latest forward passes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: tuple,  # (B, T, C) tensors, as a model returns them with output_hidden_states=True
+        labels: torch.Tensor | None = None,  # (B, T) labels, -100 ignored: only positions whose next token counts
+    ) -> torch.Tensor:
+        "Mean squared error of the head's prediction of the layer's activations (the target is not differentiated)."
+        if not -len(hidden_states) <= self.layer < len(hidden_states):
+            raise ConfigError(f"layer {self.layer} is not one of the {len(hidden_states)} hidden states")
+        h = hidden_states[self.layer].float()
+        if labels is not None:
+            h = h[F.pad(labels[:, 1:], (0, 1), value=-100) != -100]
+        h = h.reshape(-1, h.shape[-1])
+        if not len(h):
+            return h.sum()
+        return F.mse_loss(self.proj(h), h.detach())
+
+
+class _SelfModelled(nn.Module):
+    "A causal LM and its self-model head as one module for `train_lm`: task loss + weight * self-model loss."
+
+    def __init__(self, lm: nn.Module, head: SelfModelHead):
+        super().__init__()
+        self.lm, self.head = lm, head
+
+    def forward(self, input_ids=None, labels=None, loss_only: bool = False):
+        fast = {"loss_only": True} if loss_only and accepts_kwarg(self.lm, "loss_only") else {}
+        out = self.lm(input_ids=input_ids, labels=labels, output_hidden_states=True, **fast)
+        aux = self.head(out.hidden_states, labels)
+        self.head.recent.append(aux.item())
+        return SimpleNamespace(loss=out.loss + self.head.weight * aux, task_loss=out.loss, self_model_loss=aux)
+
+# %% ../../nbs/55_curriculum/01_loop.ipynb #918cb83a
 def self_model_head(
-    model: nn.Module,  # the model whose hidden activations the head would predict
-    layer: int = -1,  # which hidden state it would regress
-):
-    "Not built: the auxiliary head that predicts the network's own hidden activations (arXiv 2407.10188)."
-    raise NotBuiltError(
-        "self-modelling (an auxiliary head regressing the network's own hidden activations, arXiv 2407.10188) is "
-        "not built yet: Phase 5 trains without it and reports no self-modelling ablation"
+    model: nn.Module,  # a causal LM whose config has `hidden_size` and `num_hidden_layers`
+    layer: int = -1,  # the hidden state it regresses (0: the embeddings, -1: the last layer's output)
+    weight: float = 1.0,  # weight of its loss beside the task loss
+    seed: int = 0,  # init seed
+) -> SelfModelHead:
+    "A `SelfModelHead` sized for `model`'s hidden states, on its device (`ConfigError` for a layer it lacks)."
+    c = model.config
+    n = c.num_hidden_layers + 1
+    if not -n <= layer < n:
+        raise ConfigError(f"layer {layer} is not one of the {n} hidden states of a {c.num_hidden_layers}-layer model")
+    return SelfModelHead(c.hidden_size, layer, weight, seed).to(next(model.parameters()).device)
+
+# %% ../../nbs/55_curriculum/01_loop.ipynb #a85d079c
+def weight_spread(
+    model: nn.Module,  # a model with at least two BitLinear layers
+) -> dict:
+    "Spread of the ternary layers' latent weights: per-layer std and absmean scale (mean, se over layers), pooled std."
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    if len(layers) < 2:
+        raise ConfigError(f"weight_spread needs at least two BitLinear layers, got {len(layers)}")
+    with torch.no_grad():
+        ws = [m.weight.detach().float() for m in layers]
+        std = [w.std().item() for w in ws]
+        scale = [float(m.weight_quant.fn(m.weight)[1]) for m in layers]
+        pooled = torch.cat([w.reshape(-1) for w in ws]).std().item()
+    return dict(
+        layers=len(layers),
+        latent_std=mean_se(std),
+        scale=mean_se(scale),
+        pooled_std=pooled,
+        per_layer=std,
+        per_layer_scale=scale,
     )
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #4bf61982
@@ -361,6 +493,11 @@ class CurriculumSettings:
     dreams: bool = True  # dream after each level and replay the verified dreams
     dream_samples: int = 32  # lines dreamed per level
     dream_temperature: float = 0.8  # sampling temperature of dreams
+    seq_len: int = 64  # tokens per text window trained beside the tasks (with text streams)
+    text_batch: int = 2  # text windows per step
+    text_loss_weight: float = 0.3  # weight of the text loss beside the task loss
+    self_model_weight: float = 0.0  # weight of the self-modelling loss (arXiv 2407.10188); 0: no self-model head
+    self_model_layer: int = -1  # the hidden state the self-model head regresses (-1: the last layer's output)
     seed: int = 0  # seed of questions and batches
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #0c9a1fa1
@@ -372,12 +509,134 @@ class CurriculumResult:
     levels: list = field(default_factory=list)  # dicts per finished level: status, held-out score, retired, hints
     reached: dict = field(default_factory=dict)  # family -> highest level completed (start - 1 if none)
     messages: list = field(default_factory=list)  # hard walls and other stops, in words
+    resumed_at: int | None = None  # the round whose checkpoint this run continued after (None: a fresh start)
+    restore_s: float = 0.0  # seconds spent reading and restoring that checkpoint (key check included)
+    checkpoint_s: list = field(default_factory=list)  # seconds of each checkpoint write of this call
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #1f277405
 def _heldout_check(complete, tokenizer, source, level, n, seed):
     from agent_forge.curriculum.levels import level_scores
 
     return level_scores(complete, tokenizer, source, (level,), n, seed)[level]
+
+
+def _source_key(src) -> str:
+    "What identifies a source's questions: a task family's name, or the hash of a record source's questions."
+    if not hasattr(src, "by_split"):
+        return repr(src)
+    qs = [
+        [split, lv, [(q.prompt, q.answer, q.verifier, q.worked) for q in v]]
+        for split, d in sorted(src.by_split.items())
+        for lv, v in sorted(d.items())
+    ]
+    return content_hash(src.name, qs)
+
+
+def _loop_key(model, tokenizer, sources, start, s, optimizer, head, streams, bake, checkpoint_key) -> dict:
+    "What a curriculum checkpoint must have been made from to be continued: each part's value or hash."
+    conf = getattr(model, "config", None)
+    conf = json.loads(conf.to_json_string(use_diff=False)) if hasattr(conf, "to_json_string") else None
+    if conf:
+        conf.pop("_name_or_path", None)  # where the model was loaded from: a moved run folder still resumes
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    return dict(
+        settings=asdict(s),
+        start=dict(start),
+        sources={f: _source_key(src) for f, src in sorted(sources.items())},
+        model_config=content_hash(type(model).__name__, conf),
+        initial_weights=content_hash(model.state_dict()),
+        self_model=content_hash(head.state_dict()) if head is not None else None,
+        optimizer=content_hash(type(optimizer).__name__, _jsonable(groups, "optimizer param_groups")),
+        tokenizer=content_hash(sorted(tokenizer.get_vocab().items())),
+        streams=content_hash(streams) if streams else None,
+        baking=bake is not None,
+        checkpoint_key=content_hash(checkpoint_key),
+    )
+
+
+def _example_json(e: Example) -> list:
+    return [e.prompt, e.completion, e.answer]
+
+
+def _save_loop(folder, rnd, model, head, optimizer, st, replay, res, kparts):
+    "Write the loop's state after round `rnd`: tensors (weights, optimizer, torch RNG), then the JSON naming them."
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if head is not None:
+        tensors.update({f"self_model.{k}": v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()})
+    opt_t, opt_js = _optimizer_flat(optimizer.state_dict())
+    tensors.update(opt_t)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    now = time.perf_counter()
+    fams = {
+        f: dict(
+            level=x["level"],
+            first=x["first"],
+            rounds=x["rounds"],
+            seconds=now - x["t0"],
+            done=x["done"],
+            own=[_example_json(e) for e in x["own"]],
+            pool=x["pool"].state(),
+            recent=list(x["tgt"].recent),
+        )
+        for f, x in st.items()
+    }
+    result = dict(
+        curve=res.curve,
+        levels=[{**r, "heldout": vars(r["heldout"])} for r in res.levels],
+        reached=res.reached,
+        messages=res.messages,
+    )
+    state = dict(round=rnd, families=fams, replay=[_example_json(e) for e in replay], result=result)
+    meta = dict(
+        key=content_hash(kparts),
+        key_parts=kparts,
+        optimizer=opt_js,
+        rng=_rng_json(),
+        state=_jsonable(state, "the curriculum's state"),
+    )
+    _write_checkpoint(Path(folder), rnd, tensors, meta)
+
+
+def _restore_loop(folder, kparts, model, head, optimizer, sources, s):
+    "((families, replay, round, result), '') from a matching checkpoint, everything restored; or (None, why not)."
+    meta, got = _read_checkpoint(Path(folder))
+    if meta is not None and meta.get("key") != content_hash(kparts):
+        return None, f"it was made for other inputs ({_why_not(meta.get('key_parts', {}), kparts)})"
+    if meta is None:
+        return None, got
+    model.load_state_dict({k[len("model.") :]: v for k, v in got.items() if k.startswith("model.")})
+    if head is not None:
+        head.load_state_dict({k[len("self_model.") :]: v for k, v in got.items() if k.startswith("self_model.")})
+    optimizer.load_state_dict(_optimizer_unflat(got, meta["optimizer"], optimizer.param_groups))
+    torch.set_rng_state(got["rng.torch"].clone())
+    if torch.cuda.is_available() and "rng.cuda" in got:
+        torch.cuda.set_rng_state(got["rng.cuda"].clone())
+    _set_rng_json(meta["rng"])
+    js, now, st = meta["state"], time.perf_counter(), {}
+    for f, x in js["families"].items():
+        tgt = Targeting(s.target, s.band)
+        tgt.recent.extend(x["recent"])
+        st[f] = dict(
+            level=x["level"],
+            first=x["first"],
+            pool=QuestionPool.from_state(sources[f], x["pool"]),
+            tgt=tgt,
+            rounds=x["rounds"],
+            t0=now - x["seconds"],
+            done=x["done"],
+            own=[Example(*e) for e in x["own"]],
+        )
+    r = js["result"]
+    res = CurriculumResult(
+        curve=r["curve"],
+        levels=[{**lv, "heldout": TaskScore(**lv["heldout"])} for lv in r["levels"]],
+        reached=r["reached"],
+        messages=r["messages"],
+        resumed_at=js["round"],
+    )
+    return (st, [Example(*e) for e in js["replay"]], js["round"], res), ""
 
 
 def run_curriculum(
@@ -391,12 +650,22 @@ def run_curriculum(
     streams: dict | None = None,  # text streams trained beside the tasks
     bake=None,  # bake(model, family, level) -> (merged model or None, record dict), after each level
     log=print,  # progress lines
+    checkpoint: Path | None = None,  # folder of a resumable checkpoint of the loop (None: none is written or read)
+    checkpoint_every: int = 1,  # rounds between checkpoints; one is also written after the last round
+    checkpoint_key: str = "",  # what else decides the result (the caller's data, `bake`'s settings): else fresh
+    on_checkpoint=None,  # on_checkpoint(round, folder), called after each checkpoint is written
 ) -> CurriculumResult:
-    "Train `model` level by level on the pools of every family; return the curve and the per-level records."
+    "Train `model` level by level on the pools of every family, continuing a matching checkpoint; return the record."
     from agent_forge.curriculum.levels import complete_fn
 
     s, res = settings, CurriculumResult()
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     complete = complete or complete_fn(model, tokenizer)
+    head = None
+    if s.self_model_weight > 0:
+        head = self_model_head(model, s.self_model_layer, s.self_model_weight, s.seed)
+        optimizer.add_param_group(dict(params=list(head.parameters()), name="self_model"))
     st = {}
     for f, lv in start.items():
         src = sources[f]
@@ -414,8 +683,20 @@ def run_curriculum(
         )
         res.reached[f] = lv - 1
     replay, rnd = [], 0
+    if checkpoint is not None:
+        checkpoint, t_restore = Path(checkpoint), time.perf_counter()
+        kparts = _loop_key(model, tokenizer, sources, start, s, optimizer, head, streams, bake, checkpoint_key)
+        got, why = _restore_loop(checkpoint, kparts, model, head, optimizer, sources, s)
+        if got is None:
+            log(f"curriculum: starting fresh, not from checkpoint {checkpoint}: {why}")
+        else:
+            st, replay, rnd, res = got
+            model.eval()
+            res.restore_s = time.perf_counter() - t_restore
+            log(f"curriculum: resumed after round {rnd} from checkpoint {checkpoint} in {res.restore_s:.2f} s")
     while not all(x["done"] for x in st.values()):
         rnd += 1
+        t_round = time.perf_counter()
         examples, rec = [], {}
         for f, x in st.items():
             if x["done"]:
@@ -448,11 +729,23 @@ def run_curriculum(
         k = min(len(replay), round(s.replay_share * len(examples)))
         mix = examples + random.Random(s.seed + rnd).sample(replay, k)
         h = train_examples(
-            model, tokenizer, mix, s.steps_per_round, optimizer, s.batch_size, streams, seed=s.seed + rnd
+            model,
+            tokenizer,
+            mix,
+            s.steps_per_round,
+            optimizer,
+            s.batch_size,
+            streams,
+            s.seq_len,
+            s.text_batch,
+            s.text_loss_weight,
+            seed=s.seed + rnd,
+            self_model=head,
         )
         loss = sum(h["losses"]) / len(h["losses"]) if h["losses"] else float("nan")
+        sm = h.get("self_model_loss")
         for f, r in rec.items():
-            r.update(loss=loss, replayed=k)
+            r.update(loss=loss, self_model_loss=sm, replayed=k)
             res.curve.append(r)
         log(
             f"round {rnd}: "
@@ -463,7 +756,9 @@ def run_curriculum(
                 f"hints {r['hints']}"
                 for f, r in rec.items()
             )
-            + f"; loss {loss:.3f}, {h['rows']} rows, replay {k}"
+            + f"; loss {loss:.3f}"
+            + (f", self-model loss {sm:.4f}" if sm is not None else "")
+            + f", {h['rows']} rows, replay {k}"
         )
         for f, x in st.items():
             if x["done"]:
@@ -530,4 +825,12 @@ def run_curriculum(
                     t0=time.perf_counter(),
                     own=[],
                 )
+        t_end = time.perf_counter()
+        for r in rec.values():
+            r["seconds"] = t_end - t_round
+        if checkpoint is not None and (rnd % checkpoint_every == 0 or all(x["done"] for x in st.values())):
+            _save_loop(checkpoint, rnd, model, head, optimizer, st, replay, res, kparts)
+            res.checkpoint_s.append(time.perf_counter() - t_end)
+            if on_checkpoint is not None:
+                on_checkpoint(rnd, checkpoint)
     return res

@@ -145,7 +145,6 @@ def accepts_kwarg(
     "Whether `model.forward` names `name` in its signature (a `**kwargs` catch-all does not count)."
     return name in inspect.signature(type(model).forward).parameters
 
-
 # %% ../../nbs/00_foundation/00_core.ipynb #6f65b978
 def wandb_env(
     run_dir: Path,  # the run's folder
