@@ -86,6 +86,24 @@ SMOKE = {
         speed_new_tokens=4,
         speed_repeats=1,
     ),
+    6: dict(
+        levels="1",
+        train_traces=12,
+        warmup_steps=2,
+        train_steps=4,
+        batch_size=4,
+        eval_examples=3,
+        persona_examples=4,
+        cycle_examples=2,
+        candidates=2,
+        max_cycles=2,
+        bake_steps=1,
+        bake_inputs=4,
+        bake_heldout=2,
+        bake_batch=4,
+        max_new_tokens=12,
+        transcripts=2,
+    ),
 }
 
 

@@ -78,7 +78,7 @@ def test_every_phase_runs_and_registers(chain):
     run_dir, outcome = chain
     from agent_forge.runs.registry import Registry
 
-    assert sorted(outcome) == [1, 2, 3, 4, 5]
+    assert sorted(outcome) == [1, 2, 3, 4, 5, 6]
     with Registry.open(run_dir, create=False) as reg:
         for phase, names in {
             1: ["trunk", "reasoning", "memory", "general"],
@@ -86,11 +86,12 @@ def test_every_phase_runs_and_registers(chain):
             3: ["quietstar"],
             4: ["bitnet"],
             5: ["curriculum"],
+            6: ["baked", "toolset"],
         }.items():
             for name in names:
                 reg.verify_artifact(reg.find_artifact("e2e", phase, name)["id"])
     for phase in outcome:
-        name = ["cognate", "evomerge", "quietstar", "bitnet", "curriculum"][phase - 1]
+        name = ["cognate", "evomerge", "quietstar", "bitnet", "curriculum", "baking"][phase - 1]
         assert (run_dir / f"{phase:02d}_{name}.ipynb").exists()
 
 
@@ -183,6 +184,25 @@ def test_phase2_to_5_gates_follow_from_their_figures(chain):
     ok5 = a["total"] - b["total"] > 2 * math.sqrt(a["total_se"] ** 2 + b["total_se"] ** 2)
     ok5 = ok5 and all(math.isfinite(a[k]) and a[k] <= b[k] for k in ("text_loss", "answer_loss"))
     assert m5["gate_passed"] == ok5 == (outcome[5] is None)
+
+
+def test_phase6_gate_follows_from_its_figures(chain):
+    "Tool use beats no tools by 2 se (and the floor), persona consistency rises by 2 se: as registered and raised."
+    run_dir, outcome = chain
+    m6 = _registered(run_dir, 6)
+    from agent_forge.foundation.config import BakingPhaseConfig
+
+    acc = m6["tools"]["baked"]["all"]["accuracy"]
+    base = max(m6["no_tools"]["incoming"]["all"], m6["no_tools"]["baked"]["all"], key=lambda s: s["mean"])
+    n = SMOKE[6]["eval_examples"] * len(SMOKE[6]["levels"].split(",")) * 2
+    assert acc["n"] == base["n"] == n
+    floor = BakingPhaseConfig().min_tool_accuracy
+    ok_t = acc["mean"] - base["mean"] > 2 * math.sqrt(acc["se"] ** 2 + base["se"] ** 2) and acc["mean"] > floor
+    p0, p1 = m6["persona"]["incoming"], m6["persona"]["baked"]
+    ok_p = p1["consistency"] - p0["consistency"] > 2 * math.sqrt(p0["consistency_se"] ** 2 + p1["consistency_se"] ** 2)
+    assert m6["gate_passed"] == (ok_t and ok_p) == (outcome[6] is None)
+    assert len(m6["cycles"]) <= SMOKE[6]["max_cycles"] and [c["kind"] for c in m6["cycles"]][:2] == ["A", "B"]
+    assert all(len(c["candidates"]) == SMOKE[6]["candidates"] for c in m6["cycles"])
 
 
 def test_tampered_artifact_is_refused(chain):

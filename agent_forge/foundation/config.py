@@ -6,13 +6,13 @@ Docs: https://agent-forge.github.io/agent-forge/00_foundation/config.html.md"""
 
 # %% ../../nbs/00_foundation/02_config.ipynb #f9b4c8b8
 from __future__ import annotations
-import copy, dataclasses, json
+import copy, dataclasses, json, math
 from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['MUGROKFAST_PRESETS', 'PHASES', 'PRESETS', 'PhaseConfig', 'CognatePhaseConfig', 'EvoMergePhaseConfig',
-           'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'CurriculumPhaseConfig', 'Phase', 'get_phase', 'get_preset',
-           'phase_config', 'phase_params', 'field_comments', 'parameters_source']
+           'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'CurriculumPhaseConfig', 'BakingPhaseConfig', 'Phase',
+           'get_phase', 'get_preset', 'phase_config', 'phase_params', 'field_comments', 'parameters_source']
 
 # %% ../../nbs/00_foundation/02_config.ipynb #87650d48
 from .core import ConfigError
@@ -90,10 +90,12 @@ class CognatePhaseConfig(PhaseConfig):
     seq_len: int = 128  # tokens per text training window
     batch_size: int = 4  # text windows per step, trained beside the step's task rows
     task_batch: int = 32  # task examples per step, one per row, loss on the completion only
-    trunk_steps: int = 400  # optimizer steps of the shared trunk (general text and copy rows)
+    trunk_steps: int = 800  # optimizer steps of the shared trunk (general text and copy rows)
     specialist_steps: int = 400  # optimizer steps of the memory and general specialists and of each ablation
     reasoning_steps: int = 800  # optimizer steps of the reasoning specialist (arithmetic learns slowest)
     lr: float = 3e-3  # peak learning rate (warm-up, then cosine)
+    specialist_lr: float = 1e-3  # peak lr of the reasoning and memory specialists and of the ablations
+    general_lr: float = 3e-3  # peak lr of the general specialist (reversal, its own task, needs the larger one)
     optimizer: str = "adamw"  # a name in `training.train.OPTIMIZERS`
     text_loss_weight: float = 0.3  # weight of each step's text loss beside its task loss
     domain_text_share: float = 0.5  # share of a specialist's text windows from its own domain (the rest: general)
@@ -108,6 +110,7 @@ class CognatePhaseConfig(PhaseConfig):
     def validate(self):
         self._positive("seq_len", "batch_size", "task_batch", "trunk_steps", "specialist_steps", "reasoning_steps")
         self._positive("lr", "train_tokens_per_domain", "task_train_examples", "curve_points", "text_loss_weight")
+        self._positive("specialist_lr", "general_lr")
         self._positive("tokenizer_chars", "eval_windows", "task_eval_examples")
         self._fraction("domain_text_share")
         self._choice("optimizer", "agent_forge.training.train", "OPTIMIZERS")
@@ -271,6 +274,10 @@ class CurriculumPhaseConfig(PhaseConfig):
     train_tokens_per_domain: int = 20000  # text training tokens per domain
     eval_windows: int = 8  # held-out text windows per domain
     kernel: str = "packed"  # ternary kernel of the reloaded packed model on CPU
+    self_model_weight: float = 0.0  # weight of the self-modelling loss in the curriculum (arXiv 2407.10188; 0: off)
+    self_model_layer: int = -1  # hidden state the self-model head regresses (0: embeddings, -1: last layer's output)
+    self_model_ablation: float = 1.0  # self-model weight of the ablation's short runs, with vs without (0: none)
+    checkpoint_every: int = 1  # rounds between the curriculum's resumable checkpoints in the run folder
 
     def validate(self):
         fams = self.families.split(",")
@@ -278,13 +285,66 @@ class CurriculumPhaseConfig(PhaseConfig):
         self._positive("assess_levels", "assess_examples", "pool_size", "retire_after", "level_rounds", "max_levels")
         self._positive("eval_every", "heldout_examples", "steps_per_round", "batch_size", "lr", "dream_temperature")
         self._positive("bake_inputs", "bake_heldout", "bake_shots", "seq_len", "text_batch", "text_loss_weight")
-        self._positive("train_tokens_per_domain", "eval_windows")
+        self._positive("train_tokens_per_domain", "eval_windows", "checkpoint_every")
         self._fraction("target", "band", "hard_wall", "side_share")
         self._require(self.assess_levels <= 10, f"assess_levels must be <= 10, got {self.assess_levels}")
         self._require(0 < self.target and self.hard_wall <= self.target, "need 0 < hard_wall <= target")
         self._require(self.bake_steps >= 0 and self.dream_samples >= 0, "bake_steps and dream_samples must be >= 0")
         self._require(self.replay_share >= 0 and self.grokfast_lambda >= 0, "replay_share, grokfast_lambda >= 0")
+        self._require(self.self_model_weight >= 0 and self.self_model_ablation >= 0, "self-model weights must be >= 0")
         self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+
+# %% ../../nbs/00_foundation/02_config.ipynb #b6a7c0f1
+@dataclass
+class BakingPhaseConfig(PhaseConfig):
+    "Phase 6 (tool and persona baking): tool traces, Toolformer's filter, STE tool training, A/B half-baking cycles."
+
+    tool_families: str = "arithmetic,recall"  # families solved with tools (names in `tools.traces.TRACE_FAMILIES`)
+    levels: str = "1,2"  # difficulty levels of the traces, tool prompts and held-out tool problems
+    train_traces: int = 64  # training traces per family and level: Toolformer's filter's candidates
+    warmup_steps: int = 200  # steps on other traces and their call-less twins before the filter (reading results)
+    tau: float = 1.0  # Toolformer's tau_f: keep a call when it lowers the answer's loss by at least this
+    train_calls: str = "all"  # 'all': every candidate trace with its call (supervised); 'kept': Toolformer's filter
+    train_steps: int = 100  # steps on the trace rows (every call, or the kept calls and the call-less rest), STE
+    batch_size: int = 16  # trace rows per step
+    lr: float = 1e-2  # learning rate of warm-up and trace training (MuGrokfast, STE; the call tokens are new)
+    eval_examples: int = 16  # held-out problems per tool family and level in the final tables
+    persona: str = "answer_form"  # the persona baked (a name in `tools.personas.PERSONAS`)
+    persona_level: int = 1  # difficulty level of the persona's problems
+    persona_examples: int = 24  # held-out persona problems in the final consistency
+    cycle_examples: int = 6  # held-out problems per family and level (and persona problems) scoring a candidate
+    candidates: int = 2  # candidate prompts per cycle
+    shots: int = 2  # demonstrations per family in the first candidate (the next ones add one each)
+    max_cycles: int = 4  # cycle budget over A and B together
+    plateau_threshold: float = 0.02  # an unprompted improvement below this counts towards a plateau
+    patience: int = 2  # consecutive cycles of a kind below the threshold that make it plateau
+    bake_steps: int = 6  # LoRA steps of each half-bake (its step budget)
+    bake_inputs: int = 16  # training prompts of each half-bake
+    bake_heldout: int = 8  # held-out prompts of each half-bake's KL
+    bake_lr: float = 3e-3  # LoRA learning rate of the half-bakes
+    bake_batch: int = 8  # sampled responses per half-bake step
+    max_new_tokens: int = 28  # the model's own tokens per problem at most (tool results not counted)
+    transcripts: int = 6  # decoded transcripts shown
+    min_tool_accuracy: float = 0.0  # gate: pooled tool-using accuracy must exceed this (the full preset: 0.9)
+    kernel: str = "packed"  # ternary kernel of the reloaded packed model on CPU
+
+    def validate(self):
+        self._choice("tool_families", "agent_forge.tools.traces", "TRACE_FAMILIES", self.tool_families.split(","))
+        self._choice("persona", "agent_forge.tools.personas", "PERSONAS")
+        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+        lv = self.levels.split(",")
+        ok = all(x.isdigit() and 1 <= int(x) <= 10 for x in lv) and len(set(lv)) == len(lv)
+        self._require(ok, f"levels must be distinct comma-separated ints in 1..10, got {self.levels!r}")
+        self._require(1 <= self.persona_level <= 10, f"persona_level must be in 1..10, got {self.persona_level}")
+        self._positive("train_traces", "train_steps", "batch_size", "lr", "eval_examples", "persona_examples")
+        self._positive("cycle_examples", "candidates", "shots", "max_cycles", "patience", "bake_steps")
+        self._positive("bake_inputs", "bake_lr", "bake_batch", "max_new_tokens")
+        self._require(self.bake_heldout >= 1 and self.transcripts >= 0, "bake_heldout >= 1, transcripts >= 0")
+        self._require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        self._require(self.plateau_threshold >= 0, f"plateau_threshold must be >= 0, got {self.plateau_threshold}")
+        self._require(self.train_calls in ("all", "kept"), f"train_calls must be all or kept, got {self.train_calls!r}")
+        self._require(math.isfinite(self.tau), f"tau must be finite, got {self.tau}")
+        self._fraction("min_tool_accuracy")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #c9e6308c
 MUGROKFAST_PRESETS = {
@@ -363,7 +423,22 @@ PHASES = (
         ("curriculum.levels", "curriculum.loop", "baking.prompt", "compress.bitnet"),
         CurriculumPhaseConfig,
     ),
-    Phase(6, "tools", "tool and persona baking", built=False),
+    Phase(
+        6,
+        "baking",
+        "tool and persona baking",
+        (
+            "tools.sandbox",
+            "tools.builtin",
+            "tools.calls",
+            "tools.traces",
+            "tools.personas",
+            "tools.cycles",
+            "baking.prompt",
+            "compress.bitnet",
+        ),
+        BakingPhaseConfig,
+    ),
     Phase(7, "experts", "expert vectors and agent search", built=False),
     Phase(8, "compress", "final compression", built=False),
 )
@@ -481,6 +556,25 @@ PRESETS = {
             text_batch=8,
             train_tokens_per_domain=1_000_000,
             eval_windows=64,
+        ),
+        6: dict(
+            levels="1,2,3,4",
+            train_traces=2000,
+            warmup_steps=1000,
+            train_steps=3000,
+            batch_size=32,
+            eval_examples=100,
+            persona_examples=200,
+            cycle_examples=32,
+            candidates=4,
+            shots=3,
+            max_cycles=12,
+            bake_steps=40,
+            bake_inputs=128,
+            bake_heldout=32,
+            bake_batch=16,
+            max_new_tokens=48,
+            min_tool_accuracy=0.9,
         ),
     },
 }
