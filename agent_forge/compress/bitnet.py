@@ -191,6 +191,12 @@ def ternary_linear(
     return y.reshape(*h.shape[:-1], y.shape[-1])
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #3c843158
+class _LatentWeight(nn.Parameter):
+    "A BitLinear latent weight: a class, not an attribute, so `copy.deepcopy` and `.to()` keep the mark."
+
+    _bitnet_latent = True
+
+
 class BitLinear(nn.Linear):
     "Linear layer with RMSNorm, absmean ternary weights and per-token int8 activations (STE in training)."
 
@@ -210,7 +216,7 @@ class BitLinear(nn.Linear):
         self.weight_quant = get_quantizer(weight_quant, "weight")
         self.act_quant = get_quantizer(act_quant, "activation")
         self.kernel = get_kernel(kernel).name
-        self.weight._bitnet_latent = True
+        self.weight = _LatentWeight(self.weight.data)
 
     def forward(self, x):
         h = self.norm(x.float())

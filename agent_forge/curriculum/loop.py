@@ -6,7 +6,7 @@ Docs: https://agent-forge.github.io/agent-forge/55_curriculum/loop.html.md"""
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #b169f6f7
 from __future__ import annotations
-import copy, json, math, random, time
+import json, math, random, time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 # %% auto #0
 __all__ = ['PoolItem', 'QuestionPool', 'Attempt', 'attempt', 'Targeting', 'encode_verified', 'train_examples', 'thaw_ternary',
-           'copy_model', 'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread',
-           'strategy_prompt', 'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
+           'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread', 'strategy_prompt',
+           'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #ceef08c6
 import torch
@@ -292,16 +292,6 @@ def thaw_ternary(
         parent, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return names
-
-# %% ../../nbs/55_curriculum/01_loop.ipynb #3f112148
-def copy_model(
-    model: nn.Module,  # a model to train a second time from the same weights (an ablation, a restarted run)
-) -> nn.Module:
-    "A deep copy of `model` whose parameters keep their attributes (`copy.deepcopy` drops the STE mark of latents)."
-    out = copy.deepcopy(model)
-    for p, q in zip(model.parameters(), out.parameters()):
-        q.__dict__.update(p.__dict__)
-    return out
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #deffd640
 def dream_filter(
