@@ -219,3 +219,20 @@ def tiny_cognate(vocab_size: int, seed: int = 0, **overrides):
         trm_supervision_steps=1,
     )
     return CognateForCausalLM(CognateConfig(**{**cfg, **overrides}))
+
+
+class Killed(Exception):
+    "Stands for SIGKILL in the middle of a step."
+
+
+def dies_at(n, nb):
+    "`nb` that raises `Killed` on its `n`-th call (0: never)."
+    calls = []
+
+    def f(g):
+        calls.append(1)
+        if len(calls) == n:
+            raise Killed(f"killed at call {n}")
+        return nb(g)
+
+    return f

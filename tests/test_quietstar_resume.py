@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Killed, dies_at
 from safetensors.torch import save_file
 
 from agent_forge.baking.prompt import char_tokenizer, tiny_llama
@@ -28,21 +29,9 @@ def fresh(seed=1, **cfg):
     return QuietStar(tiny_llama(len(tok) + 2, seed=seed), tok, cfg)
 
 
-class Killed(Exception):
-    "Stands for SIGKILL in the middle of a step."
-
-
 def source(die_at=0, windows=WINDOWS):
     "The same draws as the tensor path, as a batch source that raises `Killed` on call `die_at` (0: never)."
-    calls = []
-
-    def f(g):
-        calls.append(1)
-        if len(calls) == die_at:
-            raise Killed(f"killed at call {die_at}")
-        return windows[torch.randint(len(windows), (BATCH,), generator=g)]
-
-    return f
+    return dies_at(die_at, lambda g: windows[torch.randint(len(windows), (BATCH,), generator=g)])
 
 
 def weights_sha(qs, tmp: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE, smoke_args, tiny_cognate
+from conftest import SMOKE, Killed, dies_at, smoke_args, tiny_cognate
 from safetensors.torch import save_file
 
 from agent_forge.training.train import CHECKPOINT, TrainConfig, content_hash, joint_batches, train_lm
@@ -25,23 +25,6 @@ STREAMS = {"general": torch.arange(3, 60).repeat(4)}
 def batches():
     "Task rows and text windows every step (the Phase 1 kind of batch), drawn only from the given generator."
     return joint_batches(ROWS, STREAMS, {"general": 1.0}, 4, 16, 2, pad_id=1)
-
-
-class Killed(Exception):
-    "Stands for SIGKILL in the middle of a step."
-
-
-def dies_at(n, nb):
-    "`nb` that raises `Killed` on its `n`-th call."
-    calls = []
-
-    def f(g):
-        calls.append(1)
-        if len(calls) == n:
-            raise Killed(f"killed at call {n}")
-        return nb(g)
-
-    return f
 
 
 def weights_sha(model, tmp: Path) -> str:
