@@ -65,6 +65,7 @@ class CognateConfig(PretrainedConfig):
         halt_bias_init: float = -5.0,  # initial bias of the halting head
         halt_loss_weight: float = 0.5,  # weight of the halting BCE in each pass's loss
         halt_at_inference: bool = False,  # in eval, stop each position at its halting pass (later passes skip it)
+        halt_threshold: float = 0.0,  # a position halts once its halting logit exceeds this (0: probability 0.5)
         initializer_range: float = 0.02,  # std of the normal weight init
         tie_word_embeddings: bool = True,  # the LM head shares the embedding matrix
         bos_token_id: int = 0,  # <|endoftext|>
@@ -97,6 +98,7 @@ class CognateConfig(PretrainedConfig):
         self.halt_bias_init = halt_bias_init
         self.halt_loss_weight = halt_loss_weight
         self.halt_at_inference = halt_at_inference
+        self.halt_threshold = halt_threshold
         self.initializer_range = initializer_range
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
@@ -427,9 +429,9 @@ def forward(
         if labels is not None or not halt_at or s + 1 == self.config.trm_supervision_steps:
             logits = self.lm_head(y)  # (B, T, V)
         halts.append(q)
-        newly = (q > 0) & ~halted
+        newly = (q > self.config.halt_threshold) & ~halted
         passes = torch.where(newly, torch.full_like(passes, s + 1), passes)
-        halted = halted | (q > 0)
+        halted = halted | (q > self.config.halt_threshold)
         if labels is not None:
             lg = logits.float()
             ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=-100)
