@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # %% auto #0
 __all__ = ['CognateConfig', 'CognateRMSNorm', 'CognateMLP', 'rotary', 'sliding_window_mask', 'CognateAttention',
            'CognateDecoderLayer', 'CognateRecursion', 'CognateCausalLMOutput', 'CognatePreTrainedModel', 'CognateModel',
-           'check_attention_mask', 'CognateForCausalLM']
+           'check_attention_mask', 'CognateLayerState', 'CognateCache', 'CognateForCausalLM']
 
 # %% ../../nbs/20_models/01_cognate.ipynb #e68a0364
 import torch
@@ -27,9 +27,10 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..foundation.core import ConfigError, NotBuiltError, patch
-from .memory import NeuralMemory
+from .memory import MemoryState, NeuralMemory
 from ..foundation.config import get_preset
 
 # %% ../../nbs/20_models/01_cognate.ipynb #51cde76e
@@ -348,6 +349,112 @@ def check_attention_mask(attention_mask: torch.Tensor | None) -> None:  # (B, T)
             "left padding or a pad before real tokens is not implemented"
         )
 
+# %% ../../nbs/20_models/01_cognate.ipynb #d4d26f42
+@dataclass
+class CognateLayerState:
+    "Decoding state of one MAG block: the attention window's rotated keys and values, and the memory state."
+
+    keys: torch.Tensor  # (B, H, L, D): the last L <= sliding_window - 1 tokens, rotated at their positions
+    values: torch.Tensor  # (B, H, L, D)
+    memory: MemoryState  # the Titans memory after those tokens
+
+    def map(self, fn):
+        "A new state with `fn` applied to every tensor along its batch axis."
+        return CognateLayerState(fn(self.keys), fn(self.values), self.memory.map(fn))
+
+# %% ../../nbs/20_models/01_cognate.ipynb #7488ec4c
+class CognateCache(Cache):
+    "A transformers `Cache` for Cognate: the tokens consumed and, per block, a `CognateLayerState`."
+
+    is_compileable = False  # the open memory chunk grows and shrinks: not for torch.compile
+    is_croppable = False  # folded memory chunks cannot be unfolded
+
+    def __init__(self):
+        try:
+            super().__init__(layers=[])
+        except TypeError:  # transformers before the layered Cache
+            super().__init__()
+        self.seen, self.states = 0, None  # tokens consumed; one CognateLayerState per block, made on first use
+
+    def __repr__(self):
+        return f"CognateCache(seen={self.seen}, blocks={len(self)})"
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1  # no limit: the state is bounded by the window and the memory, not by the context
+
+    def __len__(self):
+        return 0 if self.states is None else len(self.states)
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.states is not None
+
+    def _map(self, fn):
+        self.states = None if self.states is None else [s.map(fn) for s in self.states]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int):
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        self._map(lambda t: t[indices])
+
+    def reset(self):
+        self.seen, self.states = 0, None
+
+    def crop(self, tokens_to_remove: int):
+        raise NotBuiltError("CognateCache cannot be cropped: a folded memory chunk cannot be unfolded")
+
+# %% ../../nbs/20_models/01_cognate.ipynb #f59e1d64
+@patch
+def step(self: CognateAttention, x, state: CognateLayerState, offset: int):  # (B, t, C) tokens from `offset` on
+    "Attention of new tokens over [persistent ; the cached window ; themselves]; the window in `state` moves on."
+    B, t, C = x.shape
+    P, L = self.persistent_tokens.shape[0], state.keys.shape[2]
+    split = lambda h: h.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, *, D)
+    q = rotary(split(self.q_proj(x)), self.rope_theta, offset)
+    k = torch.cat([state.keys, rotary(split(self.k_proj(x)), self.rope_theta, offset)], dim=2)  # (B, H, L+t, D)
+    v = torch.cat([state.values, split(self.v_proj(x))], dim=2)
+    i = torch.arange(t, device=x.device)[:, None] + L  # each query's index among the L + t keys
+    j = torch.arange(L + t, device=x.device)[None, :]
+    mask = torch.cat([torch.ones(t, P, dtype=torch.bool, device=x.device), (j <= i) & (j > i - self.window)], 1)
+    keep = min(self.window - 1, L + t)  # the next query reads the last window - 1 keys
+    state.keys, state.values = k[:, :, L + t - keep :], v[:, :, L + t - keep :]
+    if P:
+        pers = self.persistent_tokens.unsqueeze(0).expand(B, -1, -1)
+        k = torch.cat([split(self.k_proj(pers)), k], dim=2)
+        v = torch.cat([split(self.v_proj(pers)), v], dim=2)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, t, D)
+    return self.o_proj(y.transpose(1, 2).reshape(B, t, C))
+
+# %% ../../nbs/20_models/01_cognate.ipynb #12fa7b70
+@patch
+def step(self: CognateDecoderLayer, x, state: CognateLayerState, offset: int):  # (B, t, C) from `offset` on
+    "The block on new tokens from its carried state: the computation of `forward`, without the prefix."
+    u = self.input_layernorm(x)
+    a = self.attn_norm(self.self_attn.step(u, state, offset))
+    x = x + (a * torch.sigmoid(self.memory_norm(self.memory.step(u, state.memory))) if self.use_memory else a)
+    return x + self.mlp(self.post_attention_layernorm(x))
+
+# %% ../../nbs/20_models/01_cognate.ipynb #7a111ba5
+@patch
+def step(self: CognateModel, input_ids=None, inputs_embeds=None, cache: CognateCache | None = None):
+    "The backbone on new tokens, continuing from `cache` (updated in place): normalised hidden states (B, t, C)."
+    h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, t, C)
+    if cache.states is None:  # first call: empty windows and each memory's initial state
+        B, H = h.shape[0], self.config.num_attention_heads
+        empty = h.new_zeros(B, H, 0, self.config.hidden_size // H)
+        cache.states = [CognateLayerState(empty, empty, l.memory.init_state(B, h.device, h.dtype)) for l in self.layers]
+    for layer, st in zip(self.layers, cache.states):
+        h = layer.step(h, st, cache.seen)
+    cache.seen += h.shape[1]
+    return self.norm(h)
+
 # %% ../../nbs/20_models/01_cognate.ipynb #2d8e0a8d
 class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     "Cognate causal language model (TRM x Titans-MAG) with tied embeddings."
@@ -360,7 +467,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         self.recursion = CognateRecursion(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.generation_config = GenerationConfig(
-            use_cache=False,
+            use_cache=True,  # the CognateCache decodes exactly (tests below)
             bos_token_id=config.bos_token_id,
             eos_token_id=config.eos_token_id,
             pad_token_id=config.pad_token_id,
@@ -379,8 +486,18 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not make a DynamicCache: prepare_inputs_for_generation makes a CognateCache
+
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, past_key_values=None, use_cache=None, logits_to_keep=None, **kwargs
+    ):
+        out = dict(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep or 0)
+        if past_key_values is not None or use_cache:
+            cache = CognateCache() if past_key_values is None else past_key_values
+            out.update(input_ids=input_ids[:, cache.get_seq_length() :], past_key_values=cache)
+        return out
 
 # %% ../../nbs/20_models/01_cognate.ipynb #ba051d62
 @patch
@@ -394,6 +511,8 @@ def forward(
     return_dict=True,  # always a CognateCausalLMOutput; accepted for Hugging Face callers
     logits_to_keep: int = 0,  # recursion and logits for the last this many positions only (0: all); no labels
     loss_only: bool = False,  # with labels: recursion and logits only where a label counts, outputs (1, N, ...)
+    past_key_values: CognateCache | None = None,  # continue this cache (updated in place and returned)
+    use_cache: bool | None = None,  # True: start a CognateCache when none is given
     **kwargs,
 ):
     "The backbone once, then `trm_supervision_steps` recursion passes; logits of the last pass, loss over all."
@@ -402,7 +521,15 @@ def forward(
         raise ConfigError("loss_only=True needs labels: it keeps only the positions whose label counts")
     if logits_to_keep and labels is not None:
         raise ConfigError("logits_to_keep drops positions the loss needs; pass labels or logits_to_keep, not both")
-    x, hidden = self.model(input_ids, inputs_embeds, output_hidden_states)  # (B, T, C)
+    cache = CognateCache() if past_key_values is None and use_cache else past_key_values
+    if cache is None:
+        x, hidden = self.model(input_ids, inputs_embeds, output_hidden_states)  # (B, T, C)
+    elif not isinstance(cache, CognateCache):
+        raise ConfigError(f"Cognate decodes with a CognateCache, got a {type(cache).__name__}")
+    elif labels is not None or output_hidden_states:
+        raise ConfigError("a CognateCache is for decoding: pass no labels or output_hidden_states with it")
+    else:
+        x, hidden = self.model.step(input_ids, inputs_embeds, cache), None  # (B, t, C): the new tokens only
     # the recursion and the LM head act on each position alone, so positions nobody reads can be dropped here
     tgt = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): target of position t
     if loss_only:
@@ -426,7 +553,7 @@ def forward(
                 y[run], z[run], q[run] = y_run[0], z_run[0], q_run[0]
         else:
             y, z, q = self.recursion(x, y, z)
-        if labels is not None or not halt_at or s + 1 == self.config.trm_supervision_steps:
+        if labels is not None or s + 1 == self.config.trm_supervision_steps:
             logits = self.lm_head(y)  # (B, T, V)
         halts.append(q)
         newly = (q > self.config.halt_threshold) & ~halted
@@ -445,6 +572,7 @@ def forward(
     return CognateCausalLMOutput(
         loss=loss,
         logits=logits,
+        past_key_values=cache,
         hidden_states=tuple(hidden) if hidden else None,
         halt_logits=torch.stack(halts),
         act_passes=passes,

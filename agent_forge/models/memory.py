@@ -7,9 +7,10 @@ Docs: https://agent-forge.github.io/agent-forge/20_models/memory.html.md"""
 # %% ../../nbs/20_models/00_memory.ipynb #76ee8d93
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['memory_mlp', 'weighted_memory_grads', 'memory_chunk_update', 'CausalDepthwiseConv', 'NeuralMemory']
+__all__ = ['memory_mlp', 'weighted_memory_grads', 'memory_chunk_update', 'CausalDepthwiseConv', 'NeuralMemory', 'MemoryState']
 
 # %% ../../nbs/20_models/00_memory.ipynb #fb95cf19
 import torch
@@ -175,5 +176,83 @@ def scan(self: NeuralMemory, q, k, v, theta, log_eta, log_keep):  # the outputs 
 def forward(self: NeuralMemory, x):  # (B, T, C) -> (B, T, C)
     "Retrieve from the memory for every token: projections and gates, the chunk scan, then the output map."
     y = self.scan(*self.qkv_gates(x))
+    B, H, T, d = y.shape
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
+
+# %% ../../nbs/20_models/00_memory.ipynb #7bcfc327
+@dataclass
+class MemoryState:
+    "Recurrent state of one `NeuralMemory`: weights, momentum, the open chunk and the convolutions' last inputs."
+
+    w1: torch.Tensor  # (B, H, d, m) memory after every complete chunk
+    w2: torch.Tensor  # (B, H, m, d)
+    s1: torch.Tensor  # (B, H, d, m) momentum
+    s2: torch.Tensor  # (B, H, m, d)
+    tails: list  # three (B, kernel - 1, H*d): the last inputs of the q, k, v convolutions
+    k: torch.Tensor  # (B, H, n, d) keys of the open chunk, n < chunk_size
+    v: torch.Tensor  # (B, H, n, d) values of the open chunk
+    gates: torch.Tensor  # (3, B, H, n) theta, log eta and log(1 - alpha) of the open chunk
+
+    def map(self, fn):
+        "A new state with `fn` applied to every tensor along its batch axis (beam reorder, repeat, select)."
+        w = [fn(t) for t in (self.w1, self.w2, self.s1, self.s2)]
+        return MemoryState(
+            *w, [fn(t) for t in self.tails], fn(self.k), fn(self.v), fn(self.gates.transpose(0, 1)).transpose(0, 1)
+        )
+
+# %% ../../nbs/20_models/00_memory.ipynb #ac244b55
+@patch
+def init_state(self: NeuralMemory, batch_size: int, device=None, dtype=None) -> MemoryState:
+    "The state before any token: the initial memory, zero momentum, an empty chunk, zero convolution history."
+    B, H, d = batch_size, self.num_heads, self.head_dim
+    w1 = self.w1_init.unsqueeze(0).expand(B, -1, -1, -1)
+    w2 = self.w2_init.unsqueeze(0).expand(B, -1, -1, -1)
+    kw = dict(device=device or w1.device, dtype=dtype or w1.dtype)
+    tails = [torch.zeros(B, c.kernel_size - 1, H * d, **kw) for c in (self.q_conv, self.k_conv, self.v_conv)]
+    empty = torch.zeros(B, H, 0, d, **kw)
+    return MemoryState(
+        w1, w2, torch.zeros_like(w1), torch.zeros_like(w2), tails, empty, empty, torch.zeros(3, B, H, 0, **kw)
+    )
+
+# %% ../../nbs/20_models/00_memory.ipynb #baa587fe
+@patch
+def step(self: CausalDepthwiseConv, x: torch.Tensor, tail: torch.Tensor):  # (B, t, C), (B, kernel - 1, C)
+    "The convolution of new inputs given the previous `kernel - 1` inputs; returns (out, new tail)."
+    h = torch.cat([tail, x], dim=1)  # (B, kernel - 1 + t, C)
+    w = self.conv.weight[:, 0]  # (C, kernel)
+    out = (h.unfold(1, self.kernel_size, 1) * w).sum(-1)  # (B, t, C): a sum of taps beats conv1d at t = 1
+    return out, h[:, h.shape[1] - tail.shape[1] :]
+
+# %% ../../nbs/20_models/00_memory.ipynb #742a98ae
+@patch
+def step(self: NeuralMemory, x, state: MemoryState):  # (B, t, C) new tokens; `state` is updated in place
+    "Retrieve (B, t, C) for new tokens from the carried state, each from the memory of its earlier chunks."
+    inputs = (F.silu(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+    convs = (self.q_conv, self.k_conv, self.v_conv)
+    (qc, state.tails[0]), (kc, state.tails[1]), (vc, state.tails[2]) = (
+        c.step(h, tl) for c, h, tl in zip(convs, inputs, state.tails)
+    )
+    q, k, v = F.normalize(self._heads(qc), dim=-1), F.normalize(self._heads(kc), dim=-1), self._heads(vc)
+    gates = torch.stack(
+        [
+            self.max_lr * torch.sigmoid(self.lr_proj(x)).transpose(1, 2),
+            F.logsigmoid(self.momentum_proj(x)).transpose(1, 2),
+            F.logsigmoid(-self.decay_proj(x)).transpose(1, 2),
+        ]
+    )  # (3, B, H, t)
+    outs, i, t = [], 0, x.shape[1]
+    while i < t:
+        n = min(self.chunk_size - state.k.shape[2], t - i)  # tokens that still fit in the open chunk
+        sl = slice(i, i + n)
+        outs.append(memory_mlp(state.w1, state.w2, q[:, :, sl]))
+        state.k, state.v = torch.cat([state.k, k[:, :, sl]], 2), torch.cat([state.v, v[:, :, sl]], 2)
+        state.gates = torch.cat([state.gates, gates[..., sl]], -1)
+        if state.k.shape[2] == self.chunk_size:  # the chunk is complete: fold it into the memory
+            state.w1, state.w2, state.s1, state.s2 = memory_chunk_update(
+                state.w1, state.w2, state.s1, state.s2, state.k, state.v, *state.gates, self.max_grad_norm
+            )
+            state.k, state.v, state.gates = state.k[:, :, :0], state.v[:, :, :0], state.gates[..., :0]
+        i += n
+    y = torch.cat(outs, dim=2)
     B, H, T, d = y.shape
     return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
