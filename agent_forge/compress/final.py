@@ -1,4 +1,4 @@
-"""Phase 8's artifact: ternary layers packed 5 trits per byte (optionally entropy coded), every float tensor in the codec its measured rate-distortion chose, one verified safetensors file, and its loader.
+"""Phase 8's artifact: base-3 ternary layers, a codec per float tensor by rate-distortion, verified, loadable.
 
 Docs: https://agent-forge.github.io/agent-forge/70_compress/final.html.md"""
 

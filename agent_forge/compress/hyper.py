@@ -1,4 +1,4 @@
-"""Pairs of weights as the integer position on a winding trajectory in a box, with outliers in scaled distance classes (arXiv 2409.00592).
+"""Hyper-Compression (arXiv 2409.00592): weight pairs as positions on a winding trajectory in a box.
 
 Docs: https://agent-forge.github.io/agent-forge/70_compress/hyper.html.md"""
 

@@ -1,4 +1,4 @@
-"""Blocks of weights as a pseudo-random LFSR matrix times a few 4-bit coefficients (arXiv 2410.10714), the codec table every float method of Phase 8 registers in, and round-to-nearest as the baseline.
+"""SeedLM (arXiv 2410.10714): weight blocks as an LFSR matrix times 4-bit coefficients; the codec table; RTN.
 
 Docs: https://agent-forge.github.io/agent-forge/70_compress/seedlm.html.md"""
 

@@ -1,4 +1,4 @@
-"""Vector post-training quantisation (arXiv 2409.17066): column vectors, Hessian-weighted k-means codebooks, GPTQ error feedback, an optional residual codebook and outlier columns.
+"""VPTQ (arXiv 2409.17066): Hessian-weighted k-means codebooks with GPTQ error feedback, residual, outliers.
 
 Docs: https://agent-forge.github.io/agent-forge/70_compress/vptq.html.md"""
 
