@@ -644,9 +644,14 @@ def load_model_artifact(
     device: str = "cpu",  # where to put the model
     loader=None,  # optional `loader(path, device) -> (model, tokenizer)` for special artifacts
 ) -> tuple:
-    "Verify artifact `aid`, then load `(model, tokenizer)` from safetensors and JSON only."
+    "Verify artifact `aid`, then load `(model, tokenizer)` from safetensors and JSON only (any model kind)."
     r = reg.verify_artifact(aid)
     path = Path(r["abspath"])
+    if loader is None and r["kind"] in ("bitnet", "compressed"):  # packed ternary (Phases 4-7), compressed (8)
+        from agent_forge.compress.bitnet import load_packed
+        from agent_forge.compress.final import load_compressed
+
+        loader = (lambda p, dev: load_packed(p, "int_mm", dev)) if r["kind"] == "bitnet" else load_compressed
     if loader is not None:
         return loader(path, device)
     if r["kind"] != "model":
