@@ -10,7 +10,8 @@ import gc, json, os, resource, sys, threading, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PeakMemory', 'cognate_builder', 'bench_preset', 'bench_presets', 'format_bench']
+__all__ = ['PeakMemory', 'cognate_builder', 'bench_preset', 'bench_presets', 'format_bench', 'decode_model', 'decode_timing',
+           'halting_timing', 'bench_decode', 'format_decode', 'optim_compare', 'run_suite']
 
 # %% ../../nbs/80_runs/03_bench.ipynb #c9e0fc69
 import torch
@@ -240,3 +241,259 @@ def format_bench(rows: list) -> str:
     lines = ["  ".join(str(x).ljust(n) for x, n in zip(row, w)).rstrip() for row in [hdr, ["-" * n for n in w], *body]]
     lines += [f"peak memory: {m}" for m in dict.fromkeys(r["memory_method"] for r in rows)]
     return "\n".join(lines)
+
+# %% ../../nbs/80_runs/03_bench.ipynb #7ddd1274
+def decode_model(
+    preset: str,  # 'tiny' or 'full'
+    packed: bool = False,  # convert to BitNet 1.58 and load back from the packed format (int_mm kernel)
+    seed: int = 0,  # init seed
+    **overrides,  # CognateConfig fields over the preset's shapes
+) -> torch.nn.Module:
+    "A fresh Cognate model of the preset's shapes in eval mode, float or packed ternary."
+    from agent_forge.models.cognate import CognateConfig, CognateForCausalLM
+
+    torch.manual_seed(seed)
+    model = CognateForCausalLM(CognateConfig.from_preset(preset, **overrides)).eval()
+    if not packed:
+        return model
+    import tempfile
+    from agent_forge.compress.bitnet import convert_to_bitnet, load_packed, save_packed
+
+    convert_to_bitnet(model)
+    with tempfile.TemporaryDirectory() as d:
+        save_packed(model.eval(), None, d)
+        return load_packed(d, "int_mm")[0].eval()
+
+# %% ../../nbs/80_runs/03_bench.ipynb #ddfcbff6
+def _se(xs: list) -> float:
+    n = len(xs)
+    m = sum(xs) / n
+    return (sum((x - m) ** 2 for x in xs) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
+
+
+@torch.no_grad()
+def decode_timing(
+    model: torch.nn.Module,  # a Cognate model in eval mode
+    context: int,  # prompt tokens before decoding starts
+    new_tokens: int = 16,  # cached decoding steps timed
+    uncached_steps: int = 2,  # uncached forwards timed (after one warm-up)
+    seed: int = 0,  # the random prompt
+) -> dict:
+    "Prefill tokens/s, cached and uncached ms/token at `context`, their ratio, the logit check and peak memory."
+    from agent_forge.models.cognate import CognateCache
+
+    for k, v in dict(context=context, new_tokens=new_tokens, uncached_steps=uncached_steps).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{k} must be a positive int, got {v!r}")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, model.config.vocab_size, (1, context), generator=g)
+    with PeakMemory("cpu") as mem:
+        cache = CognateCache()
+        out, prefill_s = timed(lambda: model(ids, past_key_values=cache, logits_to_keep=1), "cpu")
+        seq, steps = [ids], []
+        tok = out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            seq.append(tok)
+            out, dt = timed(lambda: model(tok, past_key_values=cache), "cpu")
+            steps.append(dt)
+            tok = out.logits[:, -1:].argmax(-1)
+    full = torch.cat(seq, 1)  # the prefix whose last logits the cache just gave
+    model(full, logits_to_keep=1)  # warm-up
+    unc = []
+    for _ in range(uncached_steps):
+        ref, dt = timed(lambda: model(full, logits_to_keep=1), "cpu")
+        unc.append(dt)
+    cached_ms, uncached_ms = sorted(steps)[len(steps) // 2] * 1e3, sorted(unc)[len(unc) // 2] * 1e3
+    return dict(
+        context=context,
+        prefill_tok_s=context / prefill_s,
+        cached_ms=cached_ms,
+        cached_ms_mean=sum(steps) / len(steps) * 1e3,
+        cached_ms_se=_se(steps) * 1e3,
+        uncached_ms=uncached_ms,
+        speedup=uncached_ms / cached_ms,
+        max_logit_diff=(ref.logits[0, -1] - out.logits[0, -1]).abs().max().item(),
+        peak_mb=mem.mb,
+        threads=torch.get_num_threads(),
+    )
+
+# %% ../../nbs/80_runs/03_bench.ipynb #df90a6ae
+@torch.no_grad()
+def halting_timing(
+    model: torch.nn.Module,  # a Cognate model in eval mode (its config's halt_at_inference is restored)
+    context: int = 64,  # prompt tokens
+    new_tokens: int = 16,  # cached decoding steps timed, with halting off and on
+    seed: int = 0,  # the random prompt (or pass `ids`)
+    ids: torch.Tensor | None = None,  # (1, T) a real prompt instead
+) -> dict:
+    "Mean recursion passes per decoded token with halting on, and cached ms/token with halting off and on."
+    from agent_forge.models.cognate import CognateCache
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, model.config.vocab_size, (1, context), generator=g) if ids is None else ids
+    was, res = model.config.halt_at_inference, {}
+    try:
+        for on in (False, True):
+            model.config.halt_at_inference = on
+            cache, passes, steps = CognateCache(), [], []
+            tok = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1:].argmax(-1)
+            for _ in range(new_tokens):
+                out, dt = timed(lambda: model(tok, past_key_values=cache), "cpu")
+                steps.append(dt)
+                passes.append(out.act_passes.float().mean().item())
+                tok = out.logits[:, -1:].argmax(-1)
+            res[on] = (sorted(steps)[len(steps) // 2] * 1e3, sum(passes) / len(passes))
+    finally:
+        model.config.halt_at_inference = was
+    return dict(
+        passes=model.config.trm_supervision_steps,
+        mean_passes=res[True][1],
+        ms_halting_off=res[False][0],
+        ms_halting_on=res[True][0],
+        speedup=res[False][0] / res[True][0],
+    )
+
+# %% ../../nbs/80_runs/03_bench.ipynb #4a3c4aed
+def bench_decode(
+    presets: tuple = ("tiny", "full"),  # preset names
+    kinds: tuple = ("fp32", "packed"),  # float and/or packed BitNet
+    contexts: tuple = (64, 512, 2048),  # prompt lengths
+    new_tokens: int = 16,  # cached steps timed per context
+    uncached_steps: int = 2,  # uncached forwards timed per context
+    log=print,  # called with a line per row as it finishes
+) -> list:
+    "`decode_timing` for every preset, kind and context, with the model's parameter count."
+    for p in presets:
+        get_preset(p)
+    bad = set(kinds) - {"fp32", "packed"}
+    if bad:
+        raise ConfigError(f"kinds are 'fp32' and 'packed', got {sorted(bad)}")
+    rows = []
+    for p in presets:
+        for k in kinds:
+            m = decode_model(p, packed=k == "packed")
+            n = sum(x.numel() for x in m.parameters())
+            for c in contexts:
+                r = dict(preset=p, kind=k, params=n, **decode_timing(m, c, new_tokens, uncached_steps))
+                rows.append(r)
+                log(f"{p} {k} ctx {c}: {r['cached_ms']:.2f} ms/token cached, {r['uncached_ms']:.1f} uncached")
+            del m
+            gc.collect()
+    return rows
+
+# %% ../../nbs/80_runs/03_bench.ipynb #cfdf4953
+def format_decode(rows: list) -> str:
+    "The decode results as a text table, with the per-token cost at each context relative to the shortest."
+    hdr = [
+        "preset",
+        "kind",
+        "context",
+        "prefill tok/s",
+        "cached ms/token",
+        "uncached ms/token",
+        "speed-up",
+        "vs shortest",
+        "max |dlogit|",
+        "peak MB",
+    ]
+    base = {}
+    for r in rows:
+        base.setdefault((r["preset"], r["kind"]), r["cached_ms"])
+    body = [
+        [
+            r["preset"],
+            r["kind"],
+            str(r["context"]),
+            f"{r['prefill_tok_s']:,.0f}",
+            f"{r['cached_ms']:.2f} (mean {r['cached_ms_mean']:.2f} +- {r['cached_ms_se']:.2f})",
+            f"{r['uncached_ms']:.1f}",
+            f"{r['speedup']:.1f}x",
+            f"{r['cached_ms'] / base[(r['preset'], r['kind'])]:.2f}x",
+            f"{r['max_logit_diff']:.1e}",
+            f"{r['peak_mb']:,.0f}",
+        ]
+        for r in rows
+    ]
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *body)]
+    lines = ["  ".join(str(x).ljust(n) for x, n in zip(row, w)).rstrip() for row in [hdr, ["-" * n for n in w], *body]]
+    threads = sorted({r["threads"] for r in rows})
+    return "\n".join(lines + [f"batch 1, torch threads {threads}; peak memory: RSS above baseline while decoding"])
+
+# %% ../../nbs/80_runs/03_bench.ipynb #0c00f42c
+class _TorchMuonAdamW(torch.optim.Optimizer):
+    "torch.optim.Muon on the Muon-routed parameters and torch.optim.AdamW on the rest, stepped together."
+
+    def __init__(self, model, lr: float = 1e-3):
+        from agent_forge.training.optim import route_params
+
+        named, route = dict(model.named_parameters()), route_params(model)
+        muon = [named[n] for n, k in route.items() if k == "muon"]
+        rest = [named[n] for n, k in route.items() if k != "muon"]
+        self.muon = torch.optim.Muon(muon, lr=lr, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(rest, lr=lr)
+        super().__init__(muon + rest, {})
+
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+
+def optim_compare(
+    preset: str = "full",  # the model shapes
+    n_steps: int = 3,  # timed steps per optimizer (after one warm-up)
+    model_builder=None,  # preset -> fresh model (default: `cognate_builder`)
+) -> dict:
+    "Seconds per optimizer step of AdamW, MuGrokfast (with and without Grokfast) and torch Muon + AdamW."
+    from agent_forge.training.optim import MuGrokfast, step_time
+
+    build = lambda: (torch.manual_seed(0), (model_builder or cognate_builder)(preset))[1]
+    out = {}
+    for name, make in [
+        ("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)),
+        ("mugrokfast", lambda m: MuGrokfast.for_model(m, preset=1)),
+        ("mugrokfast_no_filter", lambda m: MuGrokfast.for_model(m, preset=1, grokfast_lambda=0.0)),
+        ("torch_muon_adamw", lambda m: _TorchMuonAdamW(m)),
+    ]:
+        m = build()
+        out[name + "_s"] = step_time(m, make(m), n_steps)
+        del m
+        gc.collect()
+    out["ratio_vs_adamw"] = out["mugrokfast_s"] / out["adamw_s"]
+    out["ratio_vs_torch_muon"] = out["mugrokfast_no_filter_s"] / out["torch_muon_adamw_s"]
+    return dict(preset=preset, threads=torch.get_num_threads(), **out)
+
+# %% ../../nbs/80_runs/03_bench.ipynb #8572e42c
+def run_suite(
+    suite: str,  # 'decode' or 'optim'
+    presets: str = "all",  # 'tiny', 'full' or 'all'
+    json_path=None,  # also write the rows here as JSON
+    log=print,  # progress and the final table
+) -> list:
+    "Run one bench suite (the `agent-forge bench --suite` command) and print its table."
+    names = tuple(PRESETS) if presets == "all" else (presets,)
+    for n in names:
+        get_preset(n)
+    if suite == "decode":
+        rows = bench_decode(names, log=log)
+        log(format_decode(rows))
+    elif suite == "optim":
+        rows = [optim_compare(n) for n in names]
+        for r in rows:
+            log(
+                f"{r['preset']}: AdamW {r['adamw_s'] * 1e3:.1f} ms, MuGrokfast {r['mugrokfast_s'] * 1e3:.1f} ms "
+                f"({r['ratio_vs_adamw']:.1f}x AdamW), MuGrokfast without Grokfast "
+                f"{r['mugrokfast_no_filter_s'] * 1e3:.1f} ms, "
+                f"torch Muon + AdamW {r['torch_muon_adamw_s'] * 1e3:.1f} ms (ours / torch "
+                f"{r['ratio_vs_torch_muon']:.2f}); torch threads {r['threads']}"
+            )
+    else:
+        raise ConfigError(f"suite must be 'decode' or 'optim' here, got {suite!r}")
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+        log(f"wrote {json_path}")
+    return rows

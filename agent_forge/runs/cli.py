@@ -1,4 +1,4 @@
-"""`agent-forge run | status | bench | merge | docs`: the console script.
+"""`agent-forge run | status | chat | bench | merge | docs`: the console script.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/cli.html.md"""
 
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent-forge", description="Agent Forge: run, inspect and bench the phase pipeline.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,bench,merge,docs}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,chat,bench,merge,docs}")
     r = sub.add_parser("run", help="execute phase notebooks with papermill into runs/<run-id>/")
     r.add_argument("--preset", help="tiny or full (a resumed run keeps its own)")
     r.add_argument("--phases", default=ALL_PHASES, help=f"N, N-M or a comma list (default {ALL_PHASES}, every phase)")
@@ -49,8 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="list runs, or show one run's phases and artifacts")
     s.add_argument("run_id", nargs="?")
     s.add_argument("--runs-dir", type=Path)
+    c = sub.add_parser("chat", help="talk to a run's model: the tool loop on incremental decoding")
+    c.add_argument("target", help="a run id, a run folder, or an artifact folder inside a run folder")
+    c.add_argument("--runs-dir", type=Path, help="folder of run folders (default: <project>/runs)")
+    c.add_argument("--phase", type=int, help="use the newest artifact of this phase (default: the latest phase)")
+    c.add_argument("--prompt", help="answer this one prompt and exit (default: an interactive prompt)")
+    c.add_argument("--json", action="store_true", help="print each reply as one JSON line")
+    c.add_argument("--show-thoughts", action="store_true", help="also show tool calls, results and thoughts")
+    c.add_argument("--think", action="store_true", help="decode with Quiet-STaR thoughts (artifacts with a head)")
+    c.add_argument("--max-new-tokens", type=int, default=64, help="the model's own tokens per reply (default 64)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     b = sub.add_parser("bench", help="training/inference throughput, peak memory, optimizer step ratio")
     b.add_argument("--preset", default="all", help="tiny, full or all (default)")
+    b.add_argument(
+        "--suite",
+        default="train",
+        choices=("train", "decode", "optim"),
+        help="train: throughput table (default); decode: cached vs uncached ms/token; optim: optimizer steps",
+    )
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     b.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     for k, h in [
@@ -90,9 +106,22 @@ def _status(a):
     print(run_status(a.runs_dir or project_root() / "runs", a.run_id))
 
 
+def _chat(a):
+    from agent_forge.agent.runtime import Agent, chat
+
+    agent = Agent.load(a.target, a.runs_dir, a.phase, a.device)
+    if not a.json:
+        print(agent.describe(), file=sys.stderr)
+    chat(agent, a.prompt, a.json, a.show_thoughts, a.think, a.max_new_tokens)
+
+
 def _bench(a):
     from agent_forge.runs.bench import bench_presets, format_bench
 
+    if a.suite != "train":
+        from agent_forge.runs.bench import run_suite
+
+        return run_suite(a.suite, a.preset, a.json)
     kw = {
         k: getattr(a, k)
         for k in ("batch_size", "seq_len", "train_steps", "new_tokens", "optim_steps")
@@ -127,7 +156,7 @@ def _docs(a):
     print(f"site: {build_docs(out=a.out, use_quarto=False if a.static else None, file_glob=a.file_glob)}")
 
 
-_COMMANDS = dict(run=_run, status=_status, bench=_bench, merge=_merge, docs=_docs)
+_COMMANDS = dict(run=_run, status=_status, chat=_chat, bench=_bench, merge=_merge, docs=_docs)
 
 # %% ../../nbs/80_runs/02_cli.ipynb #6dd458cd
 def main(argv: list | None = None) -> int:  # arguments (default: sys.argv[1:])
