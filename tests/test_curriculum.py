@@ -46,15 +46,30 @@ def test_pool_retires_after_three_successes_and_hints_on_failure():
 
 def test_training_signal_is_verified_and_never_the_question_alone():
     def half_right(prompts, n):  # right on even-length lists, and a wrong answer otherwise
-        return [solve_sequence(p) if len(p.split()) % 2 == 0 else "1 2" for p in prompts]
+        qs = [p.split("=", 1)[0] + "=" for p in prompts]  # the question, without a hint shown after it
+        return [solve_sequence(q) if len(q.split()) % 2 == 0 else "1 2" for q in qs]
 
     pool = QuestionPool(TaskSource("sequence"), 3, 10, seed=0)
-    atts = attempt(half_right, TOK, pool, list(pool.items))
+    atts = attempt(half_right, TOK, pool, list(pool.items), rationale="worked")
     assert {a.correct for a in atts} == {True, False}
     for a in atts:
         assert a.question.check(a.example.completion) and a.example.completion.strip()
         assert a.example.completion == ((a.completion if a.correct else a.question.worked) + "\n")
         assert a.event == ("success" if a.correct else "hinted")
+    again = attempt(half_right, TOK, pool, list(pool.items))  # rationale='answer': the verified answer alone
+    assert [a.example.completion for a in again] == [a.question.answer + "\n" for a in again]
+    hinted = [a for a in again if a.hints]
+    assert hinted and all(a.event == ("faded" if a.correct else "hinted") for a in hinted)
+
+
+def test_a_hinted_success_fades_its_hint_and_never_retires():
+    pool = QuestionPool(TaskSource("arithmetic"), 2, 2, seed=3)
+    q = pool.items[0].question
+    assert [pool.record(0, False) for _ in range(2)] == ["hinted", "hinted"]
+    assert [pool.record(0, True) for _ in range(2)] == ["faded", "faded"]  # right only with the answer shown
+    assert pool.items[0].hints == 0 and pool.items[0].streak == 0 and pool.retired == 0
+    assert [pool.record(0, True) for _ in range(3)] == ["success", "success", "retired"]
+    assert pool.items[0].question != q and pool.retired == 1
 
 
 def test_jsonl_source(tmp_path):

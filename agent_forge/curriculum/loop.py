@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 # %% auto #0
-__all__ = ['PoolItem', 'QuestionPool', 'Attempt', 'attempt', 'Targeting', 'encode_verified', 'train_examples', 'thaw_ternary',
-           'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread', 'strategy_prompt',
-           'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
+__all__ = ['RATIONALES', 'PoolItem', 'QuestionPool', 'Attempt', 'attempt', 'Targeting', 'encode_verified', 'train_examples',
+           'thaw_ternary', 'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread',
+           'strategy_prompt', 'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #ceef08c6
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #f5246402
 from ..foundation.core import ConfigError, accepts_kwarg
-from ..data.tasks import TASK_FAMILIES, Example
+from ..data.tasks import TASK_FAMILIES, Example, parse_answer
 from ..training.evaluate import TaskScore, mean_se
 from ..training.train import TrainConfig, encode_examples, pad_rows, joint_batches, train_lm, content_hash
 from ..training.train import _jsonable, _optimizer_flat, _optimizer_unflat, _read_checkpoint, _why_not
@@ -54,7 +54,7 @@ def _question_json(q: Question) -> dict:
 
 
 class QuestionPool:
-    "A pool of one level's training questions: retire after `retire_after` successes in a row, a hint per failure."
+    "A pool of one level's questions: `retire_after` unhinted successes in a row retire one, a failure adds a hint."
 
     def __init__(
         self,
@@ -77,11 +77,14 @@ class QuestionPool:
         i: int,  # index in `items`
         correct: bool,  # the verifier's verdict on the latest answer
     ) -> str:
-        "Update item `i` after an answer: 'retired', 'success', 'hinted' or 'failed' (no hint left)."
+        "Update item `i` after an answer: 'retired', 'success', 'faded' (a hint fewer), 'hinted' or 'failed'."
         it = self.items[i]
         it.attempts += 1
         if correct:
             self.successes += 1
+            if it.hints:  # right with a hint shown: the hint fades, and only unhinted successes retire
+                it.hints -= 1
+                return "faded"
             it.streak += 1
             if it.streak < self.retire_after:
                 return "success"
@@ -148,13 +151,19 @@ class Attempt:
     hints: int  # hints shown
     completion: str  # what the model's answer amounts to: hint + its generated text
     correct: bool  # the verifier's verdict
-    event: str  # the pool's update ('retired', 'success', 'hinted', 'failed'; 'side' off the pool)
-    example: Example  # what is trained on: the own completion if correct, else the worked solution
+    event: str  # the pool's update ('retired', 'success', 'faded', 'hinted', 'failed'; 'side' off the pool)
+    example: Example  # what is trained on: the own completion if correct, else the worked solution (or their answer)
+
+# %% ../../nbs/55_curriculum/01_loop.ipynb #5a1e7c3d
+RATIONALES = ("answer", "worked")  # what a verified attempt trains: its final answer, or its whole line
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #bd54fa8d
-def _training_example(q: Question, completion: str, correct: bool) -> Example:
+def _training_example(q: Question, completion: str, correct: bool, rationale: str = "answer") -> Example:
     "The verified example of an attempt (`ConfigError` if the verifier refuses what would be trained on)."
+    if rationale not in RATIONALES:
+        raise ConfigError(f"rationale must be one of {RATIONALES}, got {rationale!r}")
     text = completion.split("\n", 1)[0].strip() if correct else q.solution
+    text = parse_answer(text) if rationale == "answer" else text
     if not q.check(text):
         raise ConfigError(f"refusing to train on an unverified completion {text!r} of {q.prompt!r}")
     return Example(q.prompt, text + "\n", q.answer)
@@ -165,6 +174,7 @@ def attempt(
     tokenizer,  # the tokenizer (decoding budget)
     pool: QuestionPool | None,  # the pool the items belong to (None: side questions, not recorded)
     items: list,  # PoolItems (of `pool`, or free ones)
+    rationale: str = "answer",  # 'answer': train the verified final answer; 'worked': the whole verified line
 ) -> list[Attempt]:
     "Answer `items`, grade every answer, update the pool and return the attempts with their training examples."
     if not items:
@@ -177,7 +187,7 @@ def attempt(
         full = q.hint(it.hints) + g
         ok = q.check(full)
         event = pool.record(pool.items.index(it), ok) if pool is not None else "side"
-        out.append(Attempt(q, it.hints, full, ok, event, _training_example(q, full, ok)))
+        out.append(Attempt(q, it.hints, full, ok, event, _training_example(q, full, ok, rationale)))
     return out
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #224c674c
@@ -477,6 +487,7 @@ class CurriculumSettings:
     eval_every: int = 3  # rounds between held-out checks
     heldout_examples: int = 16  # held-out questions per check
     steps_per_round: int = 4  # optimizer steps per round
+    rationale: str = "answer"  # what a verified attempt trains: 'answer' (its final answer) or 'worked' (whole line)
     batch_size: int = 16  # task rows per step
     side_share: float = 0.25  # side questions (next or previous level) per pool question when off the band
     replay_share: float = 0.25  # replayed examples (earlier levels, dreams) per example of the round
@@ -651,6 +662,8 @@ def run_curriculum(
     s, res = settings, CurriculumResult()
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if s.rationale not in RATIONALES:
+        raise ConfigError(f"rationale must be one of {RATIONALES}, got {s.rationale!r}")
     complete = complete or complete_fn(model, tokenizer)
     head = None
     if s.self_model_weight > 0:
@@ -692,14 +705,14 @@ def run_curriculum(
             if x["done"]:
                 continue
             src, pool = sources[f], x["pool"]
-            atts = attempt(complete, tokenizer, pool, list(pool.items))
+            atts = attempt(complete, tokenizer, pool, list(pool.items), s.rationale)
             acc = x["tgt"].update([a.correct for a in atts])
             side_lv = x["level"] + x["tgt"].shift
             n_side = round(s.side_share * len(atts)) if x["tgt"].shift else 0
             side = []
             if n_side and side_lv in src.levels:
                 qs = src.questions(side_lv, n_side, "train", s.seed + rnd)
-                side = attempt(complete, tokenizer, None, [PoolItem(q) for q in qs])
+                side = attempt(complete, tokenizer, None, [PoolItem(q) for q in qs], s.rationale)
             examples += [a.example for a in atts + side]
             x["own"] += [a.example for a in atts if a.correct]
             rec[f] = dict(
