@@ -651,7 +651,8 @@ def load_model_artifact(
         from agent_forge.compress.bitnet import load_packed
         from agent_forge.compress.final import load_compressed
 
-        loader = (lambda p, dev: load_packed(p, "int_mm", dev)) if r["kind"] == "bitnet" else load_compressed
+        load = load_packed if r["kind"] == "bitnet" else load_compressed
+        loader = lambda p, dev: load(p, "int_mm", dev)
     if loader is not None:
         return loader(path, device)
     if r["kind"] != "model":
