@@ -12,15 +12,15 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['LZMA_FILTERS', 'TERNARY_CODECS', 'COMPRESSED_FILE', 'COMPRESSED_FORMAT', 'COMPRESSED_VERSION', 'pack_base3',
            'unpack_base3', 'ternary_entropy', 'Base3', 'Base3LZMA', 'tensor_kind', 'encode_model', 'apply_encoded',
-           'save_compressed', 'decode_compressed', 'load_compressed', 'tensor_bits', 'kind_bits', 'rd_select',
-           'rd_candidates']
+           'data_bytes', 'save_compressed', 'read_compressed', 'decode_compressed', 'load_compressed', 'tensor_bits',
+           'kind_bits', 'rd_select', 'rd_candidates']
 
 # %% ../../nbs/70_compress/05_final.ipynb #93a10674
 import torch
 from torch import nn
 from safetensors import safe_open
 from ..foundation.core import ConfigError, IntegrityError
-from .bitnet import _content_sha256, _save_sorted, _unpack_into, pack_ternary, packed_tensors
+from .bitnet import _save_sorted, _unpack_into, pack_ternary, packed_tensors
 from .bitnet import unpack_ternary
 from .seedlm import CODECS, Encoded, decode, encode, nbytes
 import agent_forge.compress.vptq  # registers the VPTQ codec
@@ -191,11 +191,23 @@ def apply_encoded(
 # %% ../../nbs/70_compress/05_final.ipynb #c5072771
 COMPRESSED_FILE = "compressed.safetensors"  # the weights file of a Phase 8 artifact
 COMPRESSED_FORMAT = "agent-forge-compressed"  # its `format` metadata
-COMPRESSED_VERSION = "1"  # its `version` metadata
+COMPRESSED_VERSION = "2"  # its `version` metadata: blob + compressed index
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.int64)
+    + (torch.float16, torch.bfloat16, torch.float32)
+}
 
 
-def _meta_hash_text(meta):
-    return "|".join(str(meta.get(k)) for k in ("format", "version", "layers", "index"))
+def data_bytes(enc: Encoded) -> int:  # an encoded tensor
+    "Bytes of the encoded parts alone (what the tensor adds to the blob)."
+    return sum(v.numel() * v.element_size() for v in enc.tensors.values())
+
+
+def _blob_sha(blob, index):
+    import hashlib
+
+    return hashlib.sha256(blob.numpy().tobytes() + b"|" + index.numpy().tobytes()).hexdigest()
 
 
 def save_compressed(
@@ -204,64 +216,73 @@ def save_compressed(
     model: nn.Module,  # the model (its config and generation config are saved)
     tokenizer,  # saved alongside, or None
     out_dir: Path,  # directory to create (its contents are replaced)
-    carry: dict | None = None,  # file name in the artifact -> source path, copied unchanged
 ) -> Path:
     "Write the compressed artifact directory; returns it."
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    tensors, index = {}, {}
+    chunks, index, off = [], {}, 0
     for name, e in encoded.items():
+        parts = {}
         for part, v in e.tensors.items():
-            tensors[f"{name}::{part}"] = v.contiguous()
-        index[name] = dict(method=e.method, shape=list(e.shape), meta=e.meta)
-    meta = dict(
-        format=COMPRESSED_FORMAT,
-        version=COMPRESSED_VERSION,
-        layers=json.dumps(layers, sort_keys=True),
-        index=json.dumps(index, sort_keys=True),
-    )
-    meta["content_sha256"] = _content_sha256(tensors, _meta_hash_text(meta))
-    _save_sorted(tensors, out / COMPRESSED_FILE, meta)
+            if str(v.dtype).removeprefix("torch.") not in _DTYPES:
+                raise ConfigError(f"{name}.{part}: dtype {v.dtype} cannot be stored")
+            raw = v.detach().contiguous().reshape(-1).view(torch.uint8)
+            parts[part] = [str(v.dtype).removeprefix("torch."), list(v.shape), off, raw.numel()]
+            chunks.append(raw)
+            off += raw.numel()
+        index[name] = dict(method=e.method, shape=list(e.shape), meta=e.meta, parts=parts)
+    text = json.dumps(dict(tensors=index, layers=layers), sort_keys=True, separators=(",", ":")).encode()
+    idx = lzma.compress(text, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    idx = torch.frombuffer(bytearray(idx), dtype=torch.uint8)
+    blob = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)
+    meta = dict(format=COMPRESSED_FORMAT, version=COMPRESSED_VERSION, sha256=_blob_sha(blob, idx))
+    _save_sorted(dict(blob=blob, index=idx), out / COMPRESSED_FILE, meta)
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    for rel, src in (carry or {}).items():
-        if (out / rel).exists():
-            raise ConfigError(f"carried file {rel!r} would overwrite a file of the artifact")
-        shutil.copyfile(src, out / rel)
     return out
 
-# %% ../../nbs/70_compress/05_final.ipynb #dfc83bd8
-def decode_compressed(f: Path) -> tuple[dict, dict, dict]:  # a `compressed.safetensors`
-    "(tensors, layers, index): verify the file, decode every tensor into the packed layout of `compress.bitnet`."
+# %% ../../nbs/70_compress/05_final.ipynb #64199cec
+def read_compressed(f: Path) -> tuple[torch.Tensor, dict]:  # a `compressed.safetensors`
+    "(blob, index): the verified blob and the decompressed index of a compressed weights file."
     f = Path(f)
     if not f.is_file():
         raise IntegrityError(f"{f}: missing (not a compressed artifact)")
     try:
         with safe_open(str(f), "pt") as sf:
             meta = sf.metadata() or {}
-            parts = {k: sf.get_tensor(k) for k in sf.keys()}
+            blob, idx = sf.get_tensor("blob"), sf.get_tensor("index")
     except Exception as e:
-        raise IntegrityError(f"{f}: unreadable safetensors file ({type(e).__name__}: {e})") from e
+        raise IntegrityError(f"{f}: unreadable compressed file ({type(e).__name__}: {e})") from e
     if (meta.get("format"), meta.get("version")) != (COMPRESSED_FORMAT, COMPRESSED_VERSION):
         raise IntegrityError(
             f"{f}: format {meta.get('format')!r} v{meta.get('version')!r}, expected {COMPRESSED_FORMAT}"
         )
-    if meta.get("content_sha256") != _content_sha256(parts, _meta_hash_text(meta)):
-        raise IntegrityError(f"{f}: content sha256 mismatch: the data or metadata was modified")
-    layers, index = json.loads(meta["layers"]), json.loads(meta["index"])
-    out = {}
-    for name, spec in index.items():
-        p = {k.split("::", 1)[1]: v for k, v in parts.items() if k.split("::", 1)[0] == name}
-        x = decode(Encoded(spec["method"], tuple(spec["shape"]), p, spec["meta"]))
-        out[name] = pack_ternary(x.to(torch.int8)) if name.endswith(".weight_packed") else x.float()
-    return out, layers, index
+    if meta.get("sha256") != _blob_sha(blob, idx):
+        raise IntegrityError(f"{f}: content sha256 mismatch: the data or index was modified")
+    text = lzma.decompress(idx.numpy().tobytes(), format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return blob, json.loads(text)
 
-# %% ../../nbs/70_compress/05_final.ipynb #d592b03e
+# %% ../../nbs/70_compress/05_final.ipynb #b49d19d8
+def decode_compressed(f: Path) -> tuple[dict, dict, dict]:  # a `compressed.safetensors`
+    "(tensors, layers, index): verify the file, decode every tensor into the packed layout of `compress.bitnet`."
+    blob, doc = read_compressed(f)
+    out = {}
+    for name, spec in doc["tensors"].items():
+        parts = {}
+        for part, (dtype, shape, off, n) in spec["parts"].items():
+            if dtype not in _DTYPES or off < 0 or off + n > blob.numel():
+                raise IntegrityError(f"{f}: part {name}.{part} lies outside the blob or has dtype {dtype!r}")
+            parts[part] = blob[off : off + n].clone().view(_DTYPES[dtype]).reshape(shape)
+        x = decode(Encoded(spec["method"], tuple(spec["shape"]), parts, spec["meta"]))
+        out[name] = pack_ternary(x.to(torch.int8)) if name.endswith(".weight_packed") else x.float()
+    return out, doc["layers"], doc["tensors"]
+
+# %% ../../nbs/70_compress/05_final.ipynb #fc45fbac
 def load_compressed(
     path: Path,  # artifact directory written by `save_compressed`
     kernel: str = "int_mm",  # integer kernel for the ternary layers
@@ -280,21 +301,18 @@ def load_compressed(
     tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
     return model, tok
 
-# %% ../../nbs/70_compress/05_final.ipynb #2e542fe4
+# %% ../../nbs/70_compress/05_final.ipynb #0b88a126
 def tensor_bits(f: Path) -> dict:  # a `compressed.safetensors`
-    "Per tensor: codec, kind, weights, data bytes (all its parts) and bits per weight, read from the file header."
-    raw = Path(f).read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    head = json.loads(raw[8 : 8 + n])
-    index = json.loads(head["__metadata__"]["index"])
+    "Per tensor: codec, kind, weights, data bytes (all its parts) and bits per weight, from the file's index."
+    _, doc = read_compressed(f)
     out = {}
-    for name, spec in index.items():
-        b = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in head.items() if k.split("::")[0] == name)
+    for name, spec in doc["tensors"].items():
+        b = sum(p[3] for p in spec["parts"].values())
         numel = math.prod(spec["shape"])
         out[name] = dict(method=spec["method"], kind=tensor_kind(name), numel=numel, bytes=b, bpw=8 * b / numel)
     return out
 
-# %% ../../nbs/70_compress/05_final.ipynb #9e9ca596
+# %% ../../nbs/70_compress/05_final.ipynb #03fe8f6b
 def kind_bits(bits: dict) -> dict:  # from `tensor_bits`
     "Per tensor kind: tensors, weights, data bytes, bits per weight and the codecs used."
     out = {}
@@ -304,7 +322,7 @@ def kind_bits(bits: dict) -> dict:  # from `tensor_bits`
         k["methods"].add(r["method"])
     return {k: dict(v, bpw=8 * v["bytes"] / v["numel"], methods=",".join(sorted(v["methods"]))) for k, v in out.items()}
 
-# %% ../../nbs/70_compress/05_final.ipynb #100b3e2a
+# %% ../../nbs/70_compress/05_final.ipynb #111aa140
 def rd_select(
     points: dict,  # kind -> {label: (bytes, loss increase)}
     budget: float,  # the summed loss increase allowed (nats)
@@ -329,7 +347,7 @@ def rd_select(
         raise ConfigError("no choice fits the budget: every kind needs a point with no loss increase")
     return best[1]
 
-# %% ../../nbs/70_compress/05_final.ipynb #00d011d3
+# %% ../../nbs/70_compress/05_final.ipynb #3575ac3b
 def rd_candidates(
     seedlm_seeds: int = 65535,  # SeedLM seeds searched (65,535: exhaustive)
     vptq_iters: int = 20,  # k-means iterations of VPTQ
