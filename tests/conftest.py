@@ -104,6 +104,17 @@ SMOKE = {
         max_new_tokens=12,
         transcripts=2,
     ),
+    8: dict(
+        seq_len=32,
+        eval_windows=2,
+        task_eval_examples=2,
+        select_windows=1,
+        calib_windows=1,
+        seedlm_seeds=64,
+        vptq_iters=2,
+        verify_bits="2",
+        decode_repeats=2,
+    ),
 }
 
 
