@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 # %% auto #0
 __all__ = ['MUGROKFAST_PRESETS', 'PHASES', 'PRESETS', 'PhaseConfig', 'CognatePhaseConfig', 'EvoMergePhaseConfig',
            'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'CurriculumPhaseConfig', 'BakingPhaseConfig',
-           'CompressPhaseConfig', 'Phase', 'get_phase', 'get_preset', 'phase_config', 'phase_params', 'field_comments',
-           'parameters_source']
+           'CompressPhaseConfig', 'ExpertsPhaseConfig', 'Phase', 'get_phase', 'get_preset', 'phase_config',
+           'phase_params', 'field_comments', 'parameters_source']
 
 # %% ../../nbs/00_foundation/02_config.ipynb #87650d48
 from .core import ConfigError
@@ -380,6 +380,61 @@ class CompressPhaseConfig(PhaseConfig):
         self._fraction("min_accuracy_retention", "rd_budget")
         self._require(self.max_ppl_increase > 0, f"max_ppl_increase must be > 0, got {self.max_ppl_increase}")
 
+# %% ../../nbs/00_foundation/02_config.ipynb #9035114f
+@dataclass
+class ExpertsPhaseConfig(PhaseConfig):
+    "Phase 7 (expert vectors and agent search): SVF/IA3 experts by REINFORCE, three adaptation strategies, NSGA-II."
+
+    families: str = "arithmetic,recall,sequence"  # task families, one expert each (names in `data.tasks.TASK_FAMILIES`)
+    levels: str = "2,1,1"  # the level of each family in turn (pick levels whose pass rate is near 0.5)
+    tools: bool = True  # decode with the Phase 6 tools live (families with a tool trace get their own store)
+    adapt_memory: bool = True  # adapt the Titans memory projections too (the MLP matrices always are)
+    z_init: float = 0.1  # every z starts at z_init + z_init_std * N(0, 1) (the reference code)
+    z_init_std: float = 0.01  # noise of the initial z
+    max_mult: float = 1.0  # largest multiplier of the mask sigmoid(z) * max_mult
+    train_examples: int = 64  # training problems per family
+    val_examples: int = 16  # validation problems per family: early stopping, CEM shots, search fitness
+    test_examples: int = 24  # held-out test problems per family: the final table and the gate
+    rl_steps: int = 12  # REINFORCE steps per expert
+    nt_steps: int = 12  # steps of the next-token ablation per expert
+    batch_size: int = 8  # problems per expert step
+    lr: float = 0.02  # AdamW learning rate of the expert vectors, cosine decay (the paper: 2e-3 over many epochs)
+    kl_coef: float = 0.1  # lambda of the KL penalty to the base model
+    clip: float = 1e-3  # gradient-norm clip (the paper)
+    eval_every: int = 4  # expert steps between validation checks (the best check is kept)
+    temperature: float = 1.0  # sampling temperature of the REINFORCE rollouts
+    max_new_tokens: int = 16  # the answer budget in model tokens (tool results not counted)
+    classifier_steps: int = 40  # steps of the classification expert
+    classifier_lr: float = 0.1  # its learning rate
+    prompt_shots: int = 1  # demonstrations per family in the prompt strategy
+    cem_shots: int = 6  # validation problems per family that score a mixture in the few-shot strategy
+    cem_popsize: int = 32  # CMA-ES population (the paper: 32)
+    cem_elite: float = 0.2  # share of the population kept as parents (the paper: 0.2)
+    cem_iterations: int = 2  # CMA-ES iterations at most (the paper: up to 100)
+    search_pop: int = 6  # NSGA-II population
+    search_generations: int = 3  # NSGA-II generations (about 30 at full)
+    sc_temperature: float = 0.7  # sampling temperature of self-consistency
+    n_boot: int = 1000  # bootstrap resamples of the fitness interval
+    max_param_change: float = 0.05  # hard constraint and gate: stored parameters may change by less than this share
+    kernel: str = "packed"  # ternary kernel of the reloaded packed model on CPU
+
+    def validate(self):
+        fams, lv = self.families.split(","), self.levels.split(",")
+        self._choice("families", "agent_forge.data.tasks", "TASK_FAMILIES", fams)
+        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+        self._require(len(set(fams)) == len(fams) >= 2, f"families must be two or more distinct names, got {fams}")
+        ok = len(lv) == len(fams) and all(x.isdigit() and 1 <= int(x) <= 10 for x in lv)
+        self._require(ok, f"levels must give one level in 1..10 per family, got {self.levels!r}")
+        self._positive("train_examples", "val_examples", "test_examples", "batch_size", "lr", "clip", "eval_every")
+        self._positive("temperature", "max_new_tokens", "classifier_lr", "prompt_shots", "cem_shots", "cem_popsize")
+        self._positive("cem_iterations", "search_pop", "search_generations", "sc_temperature", "n_boot", "max_mult")
+        self._require(self.rl_steps >= 1 and self.nt_steps >= 1 and self.classifier_steps >= 1, "steps must be >= 1")
+        self._require(self.cem_shots <= self.val_examples, "cem_shots cannot exceed val_examples")
+        self._require(self.kl_coef >= 0 and self.z_init_std >= 0, "kl_coef and z_init_std must be >= 0")
+        self._require(0 < self.cem_elite < 1, f"cem_elite must be in (0, 1), got {self.cem_elite}")
+        self._require(self.search_pop >= 2, f"search_pop must be >= 2, got {self.search_pop}")
+        self._require(0 < self.max_param_change < 1, f"max_param_change must be in (0, 1), got {self.max_param_change}")
+
 # %% ../../nbs/00_foundation/02_config.ipynb #c9e6308c
 MUGROKFAST_PRESETS = {
     1: dict(lr=1e-3, grokfast_lambda=0.3),
@@ -473,7 +528,13 @@ PHASES = (
         ),
         BakingPhaseConfig,
     ),
-    Phase(7, "experts", "expert vectors and agent search", built=False),
+    Phase(
+        7,
+        "experts",
+        "expert vectors and agent search",
+        ("experts.svf", "experts.adapt", "experts.search", "tools.cycles", "compress.bitnet"),
+        ExpertsPhaseConfig,
+    ),
     Phase(
         8,
         "compress",
@@ -615,6 +676,22 @@ PRESETS = {
             bake_batch=16,
             max_new_tokens=48,
             min_tool_accuracy=0.9,
+        ),
+        7: dict(
+            train_examples=512,
+            val_examples=64,
+            test_examples=200,
+            rl_steps=200,
+            nt_steps=200,
+            batch_size=16,
+            lr=2e-3,
+            max_new_tokens=48,
+            classifier_steps=400,
+            classifier_lr=2e-3,
+            cem_shots=16,
+            cem_iterations=20,
+            search_pop=12,
+            search_generations=30,
         ),
         8: dict(
             seq_len=512,
