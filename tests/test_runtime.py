@@ -76,9 +76,14 @@ def test_cached_decoding_with_expert_vectors():
     have = importlib.util.find_spec("agent_forge.experts") is not None
     if not have or importlib.util.find_spec("agent_forge.experts.svf") is None:
         pytest.skip("Phase 7's agent_forge.experts.svf has not landed: no expert vectors to apply yet")
-    from agent_forge.experts import svf  # noqa: F401  (exercised once Phase 7 lands)
+    from agent_forge.experts.svf import add_experts, expert_layers
 
-    pytest.skip("agent_forge.experts.svf exists but this test does not know its API yet")
+    for m, kind in ((tiny(4), "svf"), (packed(tiny(5)), "ia3")):  # SVF on float layers, IA3 on ternary ones
+        assert set(add_experts(m, seed=0).values()) == {kind}
+        with torch.no_grad():
+            for layer in expert_layers(m).values():
+                layer.z.normal_(generator=torch.Generator().manual_seed(6))  # an expert far from the identity
+        check_cache(m.eval(), new=20, batch=1)
 
 
 @torch.no_grad()

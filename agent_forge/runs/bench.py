@@ -11,7 +11,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PeakMemory', 'cognate_builder', 'bench_preset', 'bench_presets', 'format_bench', 'decode_model', 'decode_timing',
-           'halting_timing', 'bench_decode', 'format_decode', 'optim_compare', 'run_suite']
+           'halting_timing', 'bench_decode', 'format_decode', 'optim_compare', 'artifact_halting', 'run_suite']
 
 # %% ../../nbs/80_runs/03_bench.ipynb #c9e0fc69
 import torch
@@ -331,26 +331,29 @@ def halting_timing(
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, model.config.vocab_size, (1, context), generator=g) if ids is None else ids
-    was, res = model.config.halt_at_inference, {}
+    was, caches, toks, steps, passes = model.config.halt_at_inference, {}, {}, {False: [], True: []}, []
     try:
         for on in (False, True):
             model.config.halt_at_inference = on
-            cache, passes, steps = CognateCache(), [], []
-            tok = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1:].argmax(-1)
-            for _ in range(new_tokens):
-                out, dt = timed(lambda: model(tok, past_key_values=cache), "cpu")
-                steps.append(dt)
-                passes.append(out.act_passes.float().mean().item())
-                tok = out.logits[:, -1:].argmax(-1)
-            res[on] = (sorted(steps)[len(steps) // 2] * 1e3, sum(passes) / len(passes))
+            caches[on] = CognateCache()
+            toks[on] = model(ids, past_key_values=caches[on], logits_to_keep=1).logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):  # interleaved, so load on a shared machine hits both alike
+            for on in (False, True):
+                model.config.halt_at_inference = on
+                out, dt = timed(lambda: model(toks[on], past_key_values=caches[on]), "cpu")
+                steps[on].append(dt)
+                if on:
+                    passes.append(out.act_passes.float().mean().item())
+                toks[on] = out.logits[:, -1:].argmax(-1)
     finally:
         model.config.halt_at_inference = was
+    ms = {on: sorted(v)[len(v) // 2] * 1e3 for on, v in steps.items()}
     return dict(
         passes=model.config.trm_supervision_steps,
-        mean_passes=res[True][1],
-        ms_halting_off=res[False][0],
-        ms_halting_on=res[True][0],
-        speedup=res[False][0] / res[True][0],
+        mean_passes=sum(passes) / len(passes),
+        ms_halting_off=ms[False],
+        ms_halting_on=ms[True],
+        speedup=ms[False] / ms[True],
     )
 
 # %% ../../nbs/80_runs/03_bench.ipynb #4a3c4aed
@@ -421,14 +424,14 @@ def format_decode(rows: list) -> str:
 
 # %% ../../nbs/80_runs/03_bench.ipynb #0c00f42c
 class _TorchMuonAdamW(torch.optim.Optimizer):
-    "torch.optim.Muon on the Muon-routed parameters and torch.optim.AdamW on the rest, stepped together."
+    "torch.optim.Muon on the Muon-routed matrices and torch.optim.AdamW on the rest, stepped together."
 
     def __init__(self, model, lr: float = 1e-3):
         from agent_forge.training.optim import route_params
 
         named, route = dict(model.named_parameters()), route_params(model)
-        muon = [named[n] for n, k in route.items() if k == "muon"]
-        rest = [named[n] for n, k in route.items() if k != "muon"]
+        muon = [named[n] for n, k in route.items() if k == "muon" and named[n].ndim == 2]
+        rest = [named[n] for n, k in route.items() if not (k == "muon" and named[n].ndim == 2)]  # torch Muon: 2-D only
         self.muon = torch.optim.Muon(muon, lr=lr, adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(rest, lr=lr)
         super().__init__(muon + rest, {})
@@ -444,27 +447,55 @@ class _TorchMuonAdamW(torch.optim.Optimizer):
 
 def optim_compare(
     preset: str = "full",  # the model shapes
-    n_steps: int = 3,  # timed steps per optimizer (after one warm-up)
+    n_steps: int = 3,  # timed rounds (after one warm-up round); each round steps every optimizer once
     model_builder=None,  # preset -> fresh model (default: `cognate_builder`)
 ) -> dict:
-    "Seconds per optimizer step of AdamW, MuGrokfast (with and without Grokfast) and torch Muon + AdamW."
-    from agent_forge.training.optim import MuGrokfast, step_time
+    "Fastest seconds per step over interleaved rounds: AdamW, MuGrokfast variants and torch Muon + AdamW."
+    from agent_forge.training.optim import MuGrokfast
 
     build = lambda: (torch.manual_seed(0), (model_builder or cognate_builder)(preset))[1]
-    out = {}
-    for name, make in [
-        ("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)),
-        ("mugrokfast", lambda m: MuGrokfast.for_model(m, preset=1)),
-        ("mugrokfast_no_filter", lambda m: MuGrokfast.for_model(m, preset=1, grokfast_lambda=0.0)),
-        ("torch_muon_adamw", lambda m: _TorchMuonAdamW(m)),
-    ]:
-        m = build()
-        out[name + "_s"] = step_time(m, make(m), n_steps)
-        del m
-        gc.collect()
+    makers = {
+        "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3),
+        "mugrokfast": lambda m: MuGrokfast.for_model(m, preset=1),
+        "mugrokfast_no_filter": lambda m: MuGrokfast.for_model(m, preset=1, grokfast_lambda=0.0),
+        "mugrokfast_no_filter_bf16": lambda m: MuGrokfast.for_model(
+            m, preset=1, grokfast_lambda=0.0, ns_dtype="bfloat16"
+        ),
+        "torch_muon_adamw": lambda m: _TorchMuonAdamW(m),
+    }
+    runs = {k: (m := build(), make(m)) for k, make in makers.items()}
+    times = {k: [] for k in makers}
+    for r in range(n_steps + 1):  # interleaved, so a load spike on a shared machine hits every optimizer alike
+        for k, (m, opt) in runs.items():
+            opt.zero_grad(set_to_none=True)
+            sum(0.5 * p.float().pow(2).sum() for p in m.parameters() if p.requires_grad).backward()
+            dt = timed(opt.step, "cpu")[1]
+            if r:
+                times[k].append(dt)
+    out = {k + "_s": min(v) for k, v in times.items()}
     out["ratio_vs_adamw"] = out["mugrokfast_s"] / out["adamw_s"]
     out["ratio_vs_torch_muon"] = out["mugrokfast_no_filter_s"] / out["torch_muon_adamw_s"]
-    return dict(preset=preset, threads=torch.get_num_threads(), **out)
+    out["ratio_vs_torch_muon_bf16"] = out["mugrokfast_no_filter_bf16_s"] / out["torch_muon_adamw_s"]
+    return dict(preset=preset, threads=torch.get_num_threads(), rounds=n_steps, **out)
+
+# %% ../../nbs/80_runs/03_bench.ipynb #5445eed8
+def artifact_halting(
+    target,  # a run id or folder (see `agent.runtime.resolve_artifact`)
+    runs_dir=None,  # the runs folder
+    new_tokens: int = 32,  # decoding steps timed with halting off and on
+) -> dict:
+    "`halting_timing` on a registered, verified artifact, prompted with held-out Phase 6 arithmetic tool traces."
+    import tempfile
+    from agent_forge.agent.runtime import Agent
+    from agent_forge.tools.traces import tool_traces
+
+    ag = Agent.load(target, runs_dir)
+    with tempfile.TemporaryDirectory() as d:
+        text = "".join(t.text for t in tool_traces("arithmetic", 1, 8, "heldout", 0, d))
+    ids = torch.tensor([ag.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    r = ag.record
+    name = f"run {r['run_id']} artifact {r['id']} ({r['name']}, phase {r['phase']})"
+    return dict(artifact=name, context=ids.shape[1], **halting_timing(ag.model, new_tokens=new_tokens, ids=ids))
 
 # %% ../../nbs/80_runs/03_bench.ipynb #8572e42c
 def run_suite(
@@ -472,6 +503,8 @@ def run_suite(
     presets: str = "all",  # 'tiny', 'full' or 'all'
     json_path=None,  # also write the rows here as JSON
     log=print,  # progress and the final table
+    target=None,  # decode: also time halting on this artifact (run id or folder, see `agent.runtime`)
+    runs_dir=None,  # the runs folder for `target`
 ) -> list:
     "Run one bench suite (the `agent-forge bench --suite` command) and print its table."
     names = tuple(PRESETS) if presets == "all" else (presets,)
@@ -480,6 +513,13 @@ def run_suite(
     if suite == "decode":
         rows = bench_decode(names, log=log)
         log(format_decode(rows))
+        if target is not None:
+            rows.append(artifact_halting(target, runs_dir))
+            h = rows[-1]
+            log(
+                f"halting on {h['artifact']}: {h['mean_passes']:.2f} of {h['passes']} passes per token, "
+                f"{h['ms_halting_off']:.2f} -> {h['ms_halting_on']:.2f} ms/token ({h['speedup']:.2f}x)"
+            )
     elif suite == "optim":
         rows = [optim_compare(n) for n in names]
         for r in rows:
@@ -487,8 +527,10 @@ def run_suite(
                 f"{r['preset']}: AdamW {r['adamw_s'] * 1e3:.1f} ms, MuGrokfast {r['mugrokfast_s'] * 1e3:.1f} ms "
                 f"({r['ratio_vs_adamw']:.1f}x AdamW), MuGrokfast without Grokfast "
                 f"{r['mugrokfast_no_filter_s'] * 1e3:.1f} ms, "
-                f"torch Muon + AdamW {r['torch_muon_adamw_s'] * 1e3:.1f} ms (ours / torch "
-                f"{r['ratio_vs_torch_muon']:.2f}); torch threads {r['threads']}"
+                f"(bf16 Newton-Schulz {r['mugrokfast_no_filter_bf16_s'] * 1e3:.1f} ms), "
+                f"torch Muon + AdamW {r['torch_muon_adamw_s'] * 1e3:.1f} ms "
+                f"(ours / torch {r['ratio_vs_torch_muon']:.2f}, "
+                f"at bf16 {r['ratio_vs_torch_muon_bf16']:.2f}); torch threads {r['threads']}"
             )
     else:
         raise ConfigError(f"suite must be 'decode' or 'optim' here, got {suite!r}")

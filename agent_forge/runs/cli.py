@@ -1,4 +1,4 @@
-"""`agent-forge run | status | chat | bench | merge | docs`: the console script.
+"""`agent-forge run | status | chat | bench | merge | docs | dashboard`: the console script.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/cli.html.md"""
 
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent-forge", description="Agent Forge: run, inspect and bench the phase pipeline.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,chat,bench,merge,docs}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,chat,bench,merge,docs,dashboard}")
     r = sub.add_parser("run", help="execute phase notebooks with papermill into runs/<run-id>/")
     r.add_argument("--preset", help="tiny or full (a resumed run keeps its own)")
     r.add_argument("--phases", default=ALL_PHASES, help=f"N, N-M or a comma list (default {ALL_PHASES}, every phase)")
@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=("train", "decode", "optim"),
         help="train: throughput table (default); decode: cached vs uncached ms/token; optim: optimizer steps",
     )
+    b.add_argument("--target", help="decode suite: also time halting on this run or artifact folder")
+    b.add_argument("--runs-dir", type=Path, help="folder of run folders for --target (default: <project>/runs)")
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     b.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     for k, h in [
@@ -84,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="site folder for the static build (default docs/_site)")
     d.add_argument("--static", action="store_true", help="static build even if Quarto is installed")
     d.add_argument("--file-glob", default="", help="static build: only notebooks matching this glob")
+    w = sub.add_parser("dashboard", help="the Streamlit dashboard over the runs folder (read-only toward the registry)")
+    w.add_argument("--runs", type=Path, help="folder of run folders (default: <project>/runs)")
+    w.add_argument("--port", type=int, default=8501, help="HTTP port (default 8501)")
+    w.add_argument("--address", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    w.add_argument("--presets", type=Path, help="where the config editor saves presets (default <runs>/_presets)")
     return p
 
 # %% ../../nbs/80_runs/02_cli.ipynb #a490068c
@@ -107,8 +114,10 @@ def _status(a):
 
 
 def _chat(a):
+    from transformers.utils import logging as hf_logging
     from agent_forge.agent.runtime import Agent, chat
 
+    hf_logging.disable_progress_bar()  # the user sees replies, not a loading bar per shard
     agent = Agent.load(a.target, a.runs_dir, a.phase, a.device)
     if not a.json:
         print(agent.describe(), file=sys.stderr)
@@ -121,7 +130,7 @@ def _bench(a):
     if a.suite != "train":
         from agent_forge.runs.bench import run_suite
 
-        return run_suite(a.suite, a.preset, a.json)
+        return run_suite(a.suite, a.preset, a.json, target=a.target, runs_dir=a.runs_dir)
     kw = {
         k: getattr(a, k)
         for k in ("batch_size", "seq_len", "train_steps", "new_tokens", "optim_steps")
@@ -156,7 +165,14 @@ def _docs(a):
     print(f"site: {build_docs(out=a.out, use_quarto=False if a.static else None, file_glob=a.file_glob)}")
 
 
-_COMMANDS = dict(run=_run, status=_status, chat=_chat, bench=_bench, merge=_merge, docs=_docs)
+
+def _dashboard(a):
+    from agent_forge.runs.dashboard import serve_dashboard
+
+    serve_dashboard(a.runs or project_root() / "runs", a.port, a.presets, a.address)
+
+
+_COMMANDS = dict(run=_run, status=_status, chat=_chat, bench=_bench, merge=_merge, docs=_docs, dashboard=_dashboard)
 
 # %% ../../nbs/80_runs/02_cli.ipynb #6dd458cd
 def main(argv: list | None = None) -> int:  # arguments (default: sys.argv[1:])
