@@ -227,3 +227,17 @@ def test_curriculum_killed_inside_a_level_resumes_to_the_uninterrupted_result(tm
         run_curriculum(lm3, TOK, srcs, start, dataclasses.replace(cs, steps_per_round=1), opt3, complete=stop,
                        log=said.append, checkpoint=ck)
     assert said[0].startswith("curriculum: starting fresh") and "settings.steps_per_round 2 -> 1" in said[0]
+
+
+def test_stop_after_ends_at_that_round_and_a_rerun_continues_to_the_full_result(tmp_path):
+    lm, opt, srcs, start, cs, complete = _resume_setup()
+    ref = run_curriculum(lm, TOK, srcs, start, cs, opt, complete, log=lambda m: None)
+    lm2, opt2, *_, complete2 = _resume_setup()
+    part = run_curriculum(lm2, TOK, srcs, start, cs, opt2, complete2, log=lambda m: None, checkpoint=tmp_path / "ck",
+                          checkpoint_every=5, stop_after=2)
+    assert {r["round"] for r in part.curve} == {1, 2} and _timeless(part.curve) == _timeless(ref.curve[:4])
+    assert "step-00000002.safetensors" in os.listdir(tmp_path / "ck")  # written although 2 % checkpoint_every != 0
+    lm3, opt3, *_, complete3 = _resume_setup()
+    back = run_curriculum(lm3, TOK, srcs, start, cs, opt3, complete3, log=lambda m: None, checkpoint=tmp_path / "ck")
+    assert back.resumed_at == 2 and content_hash(lm3.state_dict()) == content_hash(lm.state_dict())
+    assert _timeless(back.curve) == _timeless(ref.curve)

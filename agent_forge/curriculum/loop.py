@@ -655,6 +655,7 @@ def run_curriculum(
     checkpoint_every: int = 1,  # rounds between checkpoints; one is also written after the last round
     checkpoint_key: str = "",  # what else decides the result (the caller's data, `bake`'s settings): else fresh
     on_checkpoint=None,  # on_checkpoint(round, folder), called after each checkpoint is written
+    stop_after: int | None = None,  # end after this round, its checkpoint written (a resume check); None: run on
 ) -> CurriculumResult:
     "Train `model` level by level on the pools of every family, continuing a matching checkpoint; return the record."
     from agent_forge.curriculum.levels import complete_fn
@@ -831,9 +832,12 @@ def run_curriculum(
         t_end = time.perf_counter()
         for r in rec.values():
             r["seconds"] = t_end - t_round
-        if checkpoint is not None and (rnd % checkpoint_every == 0 or all(x["done"] for x in st.values())):
+        last = all(x["done"] for x in st.values()) or rnd == stop_after
+        if checkpoint is not None and (rnd % checkpoint_every == 0 or last):
             _save_loop(checkpoint, rnd, model, head, optimizer, st, replay, res, kparts)
             res.checkpoint_s.append(time.perf_counter() - t_end)
             if on_checkpoint is not None:
                 on_checkpoint(rnd, checkpoint)
+        if rnd == stop_after:
+            break
     return res
