@@ -89,6 +89,7 @@ def test_every_phase_runs_and_registers(chain):
             4: ["bitnet"],
             5: ["curriculum"],
             6: ["baked", "toolset"],
+            7: ["experts", "expert_vectors", "design"],
             8: ["compressed"],
         }.items():
             if phase not in outcome:
@@ -207,6 +208,35 @@ def test_phase6_gate_follows_from_its_figures(chain):
     assert m6["gate_passed"] == (ok_t and ok_p) == (outcome[6] is None)
     assert len(m6["cycles"]) <= SMOKE[6]["max_cycles"] and [c["kind"] for c in m6["cycles"]][:2] == ["A", "B"]
     assert all(len(c["candidates"]) == SMOKE[6]["candidates"] for c in m6["cycles"])
+
+
+def test_phase7_gate_follows_from_its_figures(chain):
+    "Chosen design beats the input model by 2 se on the test problems, parameter change under 5%: as gated and raised."
+    run_dir, outcome = chain
+    m7 = _registered(run_dir, 7)
+    from agent_forge.foundation.config import ExpertsPhaseConfig
+    from agent_forge.experts.search import Design, stored_numbers
+    from agent_forge.experts.svf import load_experts
+    from agent_forge.runs.registry import Registry
+
+    c = ExpertsPhaseConfig()
+    n = SMOKE[7]["test_examples"] * len(c.families.split(","))
+    acc, base = m7["final"]["all"], m7["base"]["all"]
+    assert acc["n"] == base["n"] == n
+    with Registry.open(run_dir, create=False) as reg:
+        vecs, index = load_experts(reg.find_artifact("e2e", 7, "expert_vectors")["abspath"])
+        reg.verify_artifact(reg.find_artifact("e2e", 7, "design")["id"])
+    size = sum(z.numel() for z in vecs[index["families"][0]].values())
+    assert m7["layers"]["expert_size"] == size
+    stored = stored_numbers(Design(**m7["chosen"]), size, len(index["families"]))
+    assert stored == m7["stored_numbers"] and math.isclose(m7["param_change"], stored / m7["parameters"])
+    ok = acc["mean"] - base["mean"] > 2 * math.sqrt(acc["se"] ** 2 + base["se"] ** 2)
+    ok = ok and m7["param_change"] < c.max_param_change
+    assert m7["gate_passed"] == ok == (outcome[7] is None)
+    arch = m7["search"]["archive"]
+    assert m7["search"]["chosen"] in m7["search"]["front"] and arch[m7["search"]["chosen"]]["design"] == m7["chosen"]
+    assert all(arch[i]["param_change"] < c.max_param_change for i in m7["search"]["front"])
+    assert all(len(r["reinforce"]["curve"]) == SMOKE[7]["rl_steps"] for r in m7["experts"].values())
 
 
 def test_phase8_gate_follows_from_its_figures(chain):
