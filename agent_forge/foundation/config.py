@@ -404,8 +404,8 @@ class ExpertsPhaseConfig(PhaseConfig):
     eval_every: int = 4  # expert steps between validation checks (the best check is kept)
     temperature: float = 1.0  # sampling temperature of the REINFORCE rollouts
     max_new_tokens: int = 16  # the answer budget in model tokens (tool results not counted)
-    classifier_steps: int = 40  # steps of the classification expert
-    classifier_lr: float = 0.1  # its learning rate
+    classifier_steps: int = 60  # steps of the classification expert
+    classifier_lr: float = 0.5  # its learning rate
     prompt_shots: int = 1  # demonstrations per family in the prompt strategy
     cem_shots: int = 6  # validation problems per family that score a mixture in the few-shot strategy
     cem_popsize: int = 32  # CMA-ES population (the paper: 32)
