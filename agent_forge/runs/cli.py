@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="site folder for the static build (default docs/_site)")
     d.add_argument("--static", action="store_true", help="static build even if Quarto is installed")
     d.add_argument("--file-glob", default="", help="static build: only notebooks matching this glob")
+    d.add_argument("--reports", type=Path, help="run folder whose phase reports the site shows (default: newest run)")
+    d.add_argument("--no-reports", action="store_true", help="leave the reference reports out")
     w = sub.add_parser("dashboard", help="the Streamlit dashboard over the runs folder (read-only toward the registry)")
     w.add_argument("--runs", type=Path, help="folder of run folders (default: <project>/runs)")
     w.add_argument("--port", type=int, default=8501, help="HTTP port (default 8501)")
@@ -162,7 +164,8 @@ def _merge(a):
 def _docs(a):
     from agent_forge.runs.docs import build_docs
 
-    print(f"site: {build_docs(out=a.out, use_quarto=False if a.static else None, file_glob=a.file_glob)}")
+    reports = False if a.no_reports else a.reports
+    print(f"site: {build_docs(None, a.out, False if a.static else None, a.file_glob, reports=reports)}")
 
 
 

@@ -10,7 +10,8 @@ import html, re, shutil, subprocess, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['quarto_options', 'front_matter', 'prepare_page', 'page_name', 'site_index', 'build_static_docs', 'build_docs']
+__all__ = ['quarto_options', 'front_matter', 'prepare_page', 'page_name', 'site_index', 'build_static_docs', 'methods_overview',
+           'report_pages', 'default_report_run', 'build_docs']
 
 # %% ../../nbs/80_runs/04_docs.ipynb #eca8c8a2
 import nbformat
@@ -102,11 +103,25 @@ def _exporters():
     return HTMLExporter(config=c, template_name="lab"), MarkdownExporter(config=c)
 
 
+def _write_page(out: Path, name: str, title: str, nb, exporters: tuple):
+    "Write `name`.html (plots embedded) and `name`.md (plots as PNG files beside it) under `out`."
+    html_x, md_x = exporters
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.html").write_text(html_x.from_notebook_node(nb, resources={"metadata": {"name": title or name}})[0])
+    stem = Path(name).name
+    body, res = md_x.from_notebook_node(nb, resources={"unique_key": f"{stem}_files/{stem}"})
+    for f, data in res.get("outputs", {}).items():
+        (out / name).parent.joinpath(f).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).parent.joinpath(f).write_bytes(data)
+    (out / f"{name}.md").write_text(body)
+
+
 def build_static_docs(
     root: Path | None = None,  # project root (default: `project_root()`)
     out: Path | None = None,  # site folder (default: the `doc_path` of pyproject, docs/_site)
     file_glob: str = "",  # only notebooks matching this glob (default: all)
     log=print,
+    extra: list | tuple = (),  # more pages after the notebooks': (page name, title, description, notebook)
 ) -> Path:
     "Process `nbs/**/*.ipynb` with nbdev; write an HTML + Markdown page per notebook and a folder index; return `out`."
     from nbdev.config import get_config
@@ -151,12 +166,12 @@ def build_static_docs(
         if name == "index":
             index_nb = nb
             continue
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}.html").write_text(
-            html_x.from_notebook_node(nb, resources={"metadata": {"name": title or name}})[0]
-        )
-        (out / f"{name}.md").write_text(md_x.from_notebook_node(nb)[0])
+        _write_page(out, name, title, nb, (html_x, md_x))
         pages.append((name, title or name, desc))
+        log(f"docs: {name}.html")
+    for name, title, desc, nb in extra:
+        _write_page(out, name, title, nb, (html_x, md_x))
+        pages.append((name, title, desc))
         log(f"docs: {name}.html")
     listing = site_index(pages)
     index_nb = index_nb or nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {cfg.lib_name}")])
@@ -168,6 +183,88 @@ def build_static_docs(
     log(f"docs: {len(pages)} pages and index.html in {out}")
     return out
 
+# %% ../../nbs/80_runs/04_docs.ipynb #7f7f12f3
+def _esc(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def methods_overview() -> nbformat.NotebookNode:
+    "A page of every phase and every registered method with the paper it implements, read from the registries."
+    import importlib, pkgutil
+    import agent_forge
+    from agent_forge.foundation.config import PHASES
+    from agent_forge.foundation.methods import MethodRegistry
+
+    found, failed = {}, []
+    for m in sorted(pkgutil.walk_packages(agent_forge.__path__, "agent_forge."), key=lambda m: m.name):
+        try:
+            mod = importlib.import_module(m.name)
+        except Exception as e:  # an optional dependency that is missing: the page says so
+            failed.append(f"- `{m.name}` could not be imported: {type(e).__name__}: {_esc(e)}")
+            continue
+        for k, v in vars(mod).items():
+            if isinstance(v, MethodRegistry) and (id(v) not in found or k in getattr(mod, "__all__", ())):
+                found[id(v)] = (mod.__name__, k, v)
+    rows = ["| phase | name | what | modules | built |", "|---|---|---|---|---|"]
+    rows += [
+        f"| {p.number} | {p.name} | {_esc(p.title)} | {', '.join(p.modules)} | {'yes' if p.built else 'not yet'} |"
+        for p in PHASES
+    ]
+    cells = [
+        nbformat.v4.new_markdown_cell(
+            "# Methods\n\n> Every phase and every registered method, with the paper it "
+            "implements, as the registries hold them when the site is built."
+        ),
+        nbformat.v4.new_markdown_cell("## Phases\n\n" + "\n".join(rows)),
+    ]
+    for mod, k, reg in sorted(found.values(), key=lambda t: (t[0], t[1])):
+        lines = [f"## {reg.kind} (`{mod}.{k}`)", "", "| name | paper | what |", "|---|---|---|"]
+        for n in reg:
+            e = reg.get(n)
+            lines.append(f"| `{n}` | {f'[paper]({e.paper})' if e.paper else '-'} | {_esc(e.doc)} |")
+        cells.append(nbformat.v4.new_markdown_cell("\n".join(lines)))
+    if failed:
+        cells.append(nbformat.v4.new_markdown_cell("## Not imported\n\n" + "\n".join(failed)))
+    return nbformat.v4.new_notebook(cells=cells)
+
+# %% ../../nbs/80_runs/04_docs.ipynb #1885ed23
+def report_pages(
+    run_dir: Path,  # a run folder: its registry and executed phase notebooks
+    prefix: str = "reports",  # site folder of the reports; pages go to <prefix>/<run id>/
+) -> list:
+    "The run's executed phase notebooks as site pages (name, title, description, notebook), headed by their record."
+    from agent_forge.runs.dashboard import open_readonly, phase_rows
+
+    with open_readonly(run_dir) as reg:
+        runs = reg.list_runs()
+        if not runs:
+            raise ConfigError(f"{run_dir} has no run record")
+        rid = runs[0]["run_id"]
+        rows = phase_rows(reg, rid)
+    pages = []
+    for r in rows:
+        if not r["notebook"]:
+            continue
+        nb = nbformat.read(r["notebook"], as_version=4)
+        wall = f"{r['wall_s']:.1f} s" if r["wall_s"] is not None else "-"
+        head = (
+            f"# Phase {r['phase']}: {r['name']} (run {rid})\n\n> Status **{r['status']}**, gate **{r['gate']}**, "
+            f"wall {wall}, started {r['started']}." + (f"\n\n{r['reason']}" if r["reason"] else "")
+        )
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
+        name = f"{prefix}/{rid}/{Path(r['notebook']).stem}"
+        pages.append(
+            (name, f"Phase {r['phase']} report: {r['name']} (run {rid})", f"{r['status']}, gate {r['gate']}", nb)
+        )
+    return pages
+
+
+def default_report_run(root: Path | None = None) -> Path | None:  # project root
+    "The newest run folder under `<root>/runs` with executed phase notebooks (None if there is none)."
+    runs = Path(root or project_root()) / "runs"
+    cands = [d for d in runs.glob("*") if (d / "registry.sqlite").is_file() and any(d.glob("[0-9][0-9]_*.ipynb"))]
+    return max(cands, key=lambda d: (d / "registry.sqlite").stat().st_mtime) if cands else None
+
 # %% ../../nbs/80_runs/04_docs.ipynb #7313a7f5
 def build_docs(
     root: Path | None = None,  # project root
@@ -175,13 +272,23 @@ def build_docs(
     use_quarto: bool | None = None,  # None: Quarto if `quarto` is on PATH
     file_glob: str = "",  # static build only: notebooks matching this glob
     log=print,
+    reports: Path | bool | None = None,  # run folder of the reference reports; None: the newest run on a full build
+    methods: bool | None = None,  # add the methods overview (None: on a full build)
 ) -> Path:
     "Build the docs site with `nbdev-docs` when Quarto is available, else statically; return the site folder."
     root = Path(root or project_root()).resolve()
+    if reports is None:
+        reports = default_report_run(root) if not file_glob else False
+        if not file_glob:
+            log(f"docs: reference reports from {reports}" if reports else "docs: no run folder with reports in runs/")
+    extra = [("methods", "Methods", "every phase and registered method, with its paper", methods_overview())]
+    extra = (extra if (not file_glob if methods is None else methods) else []) + (
+        report_pages(reports) if reports else []
+    )
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None
     if not use_quarto:
-        return build_static_docs(root, out, file_glob, log)
+        return build_static_docs(root, out, file_glob, log, extra)
     if shutil.which("quarto") is None:
         raise AgentForgeError("Quarto was requested but `quarto` is not on PATH")
     if out is not None or file_glob:
@@ -194,4 +301,7 @@ def build_docs(
         raise AgentForgeError(f"nbdev-docs failed with exit status {r.returncode}")
     from nbdev.config import get_config
 
-    return Path(get_config(root).doc_path)
+    site = Path(get_config(root).doc_path)
+    for name, title, _, page in extra:  # Quarto knows only the notebooks; the extra pages are written beside them
+        _write_page(site, name, title, page, _exporters())
+    return site
