@@ -1,4 +1,4 @@
-"""Transformer-squared's three adaptation strategies: the model classifies the task, a classification expert does, or few-shot CMA-ES mixes the experts.
+"""Transformer-squared's three adaptation strategies: prompt, classification expert, few-shot CMA-ES mixing.
 
 Docs: https://agent-forge.github.io/agent-forge/65_experts/adapt.html.md"""
 

@@ -1,4 +1,4 @@
-"""ADAS-style search over the agent's typed inference design: NSGA-II on bootstrap-CI accuracy and measured latency, with an archive of every design evaluated.
+"""ADAS-style search of the agent's inference design: NSGA-II on bootstrap-CI accuracy and measured latency.
 
 Docs: https://agent-forge.github.io/agent-forge/65_experts/search.html.md"""
 

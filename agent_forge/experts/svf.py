@@ -1,4 +1,4 @@
-"""Transformer-squared expert vectors: singular-value fine-tuning of float layers, IA3 scales of ternary ones, trained by REINFORCE.
+"""Transformer-squared expert vectors: SVF on float layers, IA3 scales on ternary ones, trained by REINFORCE.
 
 Docs: https://agent-forge.github.io/agent-forge/65_experts/svf.html.md"""
 
