@@ -155,3 +155,43 @@ def test_chat_unknown_run_and_tampered_artifact(final_copy, tmp_path):
     f.write_bytes(bytes(raw))
     rc, out, err = chat("final", "--runs-dir", str(bad), "--prompt", "Q: 1+1=")
     assert rc == 2 and "bitnet.safetensors changed" in err and out == ""
+
+
+def test_phase7_design_is_applied_to_each_reply(tmp_path):
+    if importlib.util.find_spec("agent_forge.experts") is None:
+        pytest.skip("Phase 7's agent_forge.experts has not landed")
+    import copy
+    from agent_forge.agent.runtime import Agent
+    from agent_forge.compress.bitnet import save_packed
+    from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.experts.search import AgentParts, Design, save_agent
+    from agent_forge.experts.svf import EXPERT_TARGETS, add_experts, get_expert
+    from agent_forge.runs.registry import Registry
+    from agent_forge.tools.calls import add_tool_tokens
+
+    tok = train_tokenizer(["Q: 12+30=42\n", "hello world\n"] * 20, 300)
+    add_tool_tokens(tok)
+    m = packed(tiny(7, vocab_size=len(tok)))
+    run = tmp_path / "demo"
+    reg = Registry.open(run)
+    reg.ensure_run("demo", "tiny", 0)
+    mid = reg.register_artifact("demo", 7, "experts", save_packed(m, tok, run / "phase7/experts"), kind="bitnet")
+    probe = copy.deepcopy(m)
+    add_experts(probe, EXPERT_TARGETS)
+    design = Design(recursions=1, halting=0.0, tools=False, experts="none", chunk=8)
+    meta = dict(targets=list(EXPERT_TARGETS), max_mult=1.0)
+    save_agent(run / "phase7/expert_vectors", AgentParts({"arithmetic": get_expert(probe)}), design, meta)
+    reg.register_artifact("demo", 7, "expert_vectors", run / "phase7/expert_vectors", parents=[mid], kind="experts")
+    reg.close()
+    ag = Agent.load(run)
+    assert ag.design == design and "recursions 1, halting 0.0, memory chunk 8" in ag.describe()
+    seen = []
+    cfg = ag.model.config
+    hook = ag.model.recursion.register_forward_hook(
+        lambda mod, i, o: seen.append((mod.T, cfg.halt_at_inference, cfg.halt_threshold))
+    )
+    r = ag.reply("Q: 12+30=", 8)
+    hook.remove()
+    assert seen and all(s == (1, True, 0.0) for s in seen)  # the design's recursions and halting, every step
+    assert (ag.model.recursion.T, ag.model.config.halt_at_inference) == (2, False)  # restored after the reply
+    assert r.calls == [] and "<tool>" not in r.text  # tools off: the call tokens are banned

@@ -6,12 +6,12 @@ Docs: https://agent-forge.github.io/agent-forge/85_agent/runtime.html.md"""
 
 # %% ../../nbs/85_agent/00_runtime.ipynb #d1c8a00d
 from __future__ import annotations
-import json, sys, tempfile, time
+import contextlib, json, sys, tempfile, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RUNTIME_LOADERS', 'CachedLM', 'resolve_artifact', 'Reply', 'Agent', 'chat']
+__all__ = ['RUNTIME_LOADERS', 'CachedLM', 'resolve_artifact', 'find_design', 'Reply', 'Agent', 'chat']
 
 # %% ../../nbs/85_agent/00_runtime.ipynb #cb25e78f
 import torch
@@ -31,6 +31,7 @@ class CachedLM(nn.Module):
         self.model, self.cache, self.seen = model, None, []
         self.cached = isinstance(model, CognateForCausalLM)
         self.fed, self.steps = 0, 0  # tokens run through the model, and calls (one per decoded token)
+        self.banned: list = []  # token ids whose logits are set to -inf (the call tokens when tools are off)
 
     def reset(self):
         "Forget the consumed sequence."
@@ -49,6 +50,8 @@ class CachedLM(nn.Module):
         self.fed += new.shape[1]
         out = self.model(input_ids=new, past_key_values=self.cache, logits_to_keep=1)
         self.seen = ids
+        if self.banned:
+            out.logits[..., self.banned] = float("-inf")
         return out
 
 # %% ../../nbs/85_agent/00_runtime.ipynb #48908008
@@ -113,6 +116,15 @@ def resolve_artifact(
         )
     return reg, max(models, key=lambda a: (a["phase"], a["id"]))
 
+# %% ../../nbs/85_agent/00_runtime.ipynb #b254c212
+def find_design(
+    reg: Registry,  # the run's registry
+    rec: dict,  # the model artifact the runtime loads
+) -> dict | None:
+    "The newest live Phase 7 `experts` artifact (expert vectors and chosen design) made from `rec`, or None."
+    found = [a for a in reg.list_artifacts(rec["run_id"]) if a["kind"] == "experts" and rec["id"] in a["parents"]]
+    return found[-1] if found else None
+
 # %% ../../nbs/85_agent/00_runtime.ipynb #6d01d222
 @dataclass
 class Reply:
@@ -146,8 +158,9 @@ class Reply:
 class Agent:
     "A loaded artifact with its tools: `reply(prompt)` runs the tool loop on the incremental decoder."
 
-    def __init__(self, model, tokenizer, record: dict, thinker=None, tools: dict | None = None):
+    def __init__(self, model, tokenizer, record: dict, thinker=None, tools: dict | None = None, design=None):
         self.model, self.tokenizer, self.record, self.thinker = model.eval(), tokenizer, record, thinker
+        self.design, self.parts = design if design is not None else (None, None)  # Phase 7: Design, AgentParts
         self.has_tool_tokens = all(t in tokenizer.get_vocab() for t in TOOL_TOKENS)
         self._store_dir = tempfile.mkdtemp(prefix="agent-forge-chat-")  # the session lookup table, outside runs
         self.tools = tools if tools is not None else toolset(store=LookupStore(self._store_dir))
@@ -160,9 +173,15 @@ class Agent:
         loader = RUNTIME_LOADERS[rec["kind"]]
         try:
             model, tok, qs = load_model_artifact(reg, rec, device, loader=loader)
+            exp, design = find_design(reg, rec), None
+            if exp is not None:
+                from agent_forge.experts.search import load_agent
+
+                parts, d, _ = load_agent(model, reg.verify_artifact(exp)["abspath"])  # wraps the expert layers
+                design = (d, parts)
         finally:
             reg.close()
-        return cls(model, tok, rec, qs)
+        return cls(model, tok, rec, qs, design=design)
 
     def describe(self) -> str:
         "One line: which artifact, its size, and what the runtime runs on it."
@@ -173,7 +192,16 @@ class Agent:
             f"decoding {'incremental (CognateCache)' if self.lm.cached else 'uncached'}; tools "
             f"{', '.join(self.tools) if self.has_tool_tokens else 'off (no tool tokens in this artifact)'}; thoughts "
             f"{'available (--think)' if self.thinker is not None else 'none (no Quiet-STaR head)'}; Phase 7 design: "
-            "none (Phase 7 is not built)"
+            + (self._design_text() if self.design is not None else "none in this run")
+        )
+
+    def _design_text(self) -> str:
+        d = self.design
+        return (
+            f"recursions {d.recursions}, halting {d.halting}, memory chunk {d.chunk}, experts {d.experts!r}, tools "
+            f"{'on' if d.tools else 'off'}"
+            + (f"; not applied: self-consistency k={d.k} (greedy here)" if d.k > 1 else "")
+            + (f"; not applied: thinking ({d.thought_len} tokens)" if d.thinking else "")
         )
 
 # %% ../../nbs/85_agent/00_runtime.ipynb #0ac5f45e
@@ -184,7 +212,7 @@ def reply(
     max_new_tokens: int = 64,  # the model's own tokens at most
     think: bool = False,  # decode with Quiet-STaR thoughts (artifacts with a thought head; no tools then)
 ) -> Reply:
-    "Answer one prompt: the Phase 6 tool loop on the cached decoder, or Quiet-STaR decoding with thoughts."
+    "Answer one prompt: the Phase 6 tool loop on the cached decoder (under the Phase 7 design), or with thoughts."
     t0, fed0, steps0 = time.perf_counter(), self.lm.fed, self.lm.steps
     if think:
         if self.thinker is None:
@@ -195,8 +223,23 @@ def reply(
         answer = texts[0].split("\n", 1)[0]
         return Reply(prompt, answer, texts[0], [], thoughts[0], len(thoughts[0]), 0, time.perf_counter() - t0)
     self.lm.reset()
-    with torch.no_grad():
-        tools = self.tools if self.has_tool_tokens else {}
+    tools = self.tools if self.has_tool_tokens else {}
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if self.design is not None:  # Phase 7: the design's recursions, halting, chunk, expert and tool policy
+            from agent_forge.experts.search import applied, expert_choice
+            from agent_forge.experts.svf import experts_off, set_expert
+
+            d = self.design
+            stack.enter_context(applied(self.model, d))
+            ex = expert_choice(self.model, self.tokenizer, self.parts, [prompt], d.experts)[0]
+            if ex is None:
+                stack.enter_context(experts_off(self.model))
+            else:
+                set_expert(self.model, ex)
+            if not d.tools:
+                tools = {}
+                self.lm.banned = [i for t, i in add_tool_tokens(self.tokenizer).items()] if self.has_tool_tokens else []
+            stack.callback(setattr, self.lm, "banned", [])
         tr = generate_with_tools(self.lm, self.tokenizer, prompt, tools, max_new_tokens)
     calls = [(c.name, c.arg, c.result, c.ok) for c in tr.calls]
     steps, fed = self.lm.steps - steps0, self.lm.fed - fed0
