@@ -791,14 +791,15 @@ def run_curriculum(
             if status != "hard wall":
                 res.reached[f] = x["level"]
             kept, lines = ([], [])
-            if s.dreams and f in VERIFIERS and VERIFIERS.get(f).solves:
+            learnt = status != "hard wall"  # a family that stops at its wall neither dreams nor bakes that level
+            if learnt and s.dreams and f in VERIFIERS and VERIFIERS.get(f).solves:
                 ex = {q.prompt for q in sources[f].questions(x["level"], s.heldout_examples, "heldout", s.seed)}
                 kept, lines = dream(
                     model, tokenizer, f, x["level"], s.dream_samples, s.dream_temperature, exclude=ex, seed=s.seed + rnd
                 )
             replay += x["own"] + kept
             lv_rec.update(dreamed=len(lines), dreams_kept=len(kept))
-            if bake is not None:
+            if learnt and bake is not None:
                 merged, brec = bake(model, f, x["level"])
                 if merged is not None:
                     model.load_state_dict(merged.state_dict())
