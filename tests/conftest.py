@@ -41,6 +41,7 @@ SMOKE = {
         assess_examples=6,
         pool_size=4,
         level_rounds=2,
+        self_model_rounds=2,
         max_levels=1,
         eval_every=2,
         heldout_examples=4,

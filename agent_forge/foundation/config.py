@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 # %% auto #0
 __all__ = ['MUGROKFAST_PRESETS', 'PHASES', 'PRESETS', 'PhaseConfig', 'CognatePhaseConfig', 'EvoMergePhaseConfig',
            'QuietStarPhaseConfig', 'BitNetPhaseConfig', 'CurriculumPhaseConfig', 'BakingPhaseConfig',
-           'CompressPhaseConfig', 'ExpertsPhaseConfig', 'Phase', 'get_phase', 'get_preset', 'phase_config',
+           'ExpertsPhaseConfig', 'CompressPhaseConfig', 'Phase', 'get_phase', 'get_preset', 'phase_config',
            'phase_params', 'field_comments', 'parameters_source']
 
 # %% ../../nbs/00_foundation/02_config.ipynb #87650d48
@@ -250,15 +250,16 @@ class CurriculumPhaseConfig(PhaseConfig):
     hard_wall: float = 0.5  # a family stops at a level still below this after the level's budget
     assess_levels: int = 4  # levels 1..N of each family assessed before and after
     assess_examples: int = 16  # held-out questions per family and level in the assessment
-    pool_size: int = 12  # questions in a level's pool
+    pool_size: int = 128  # questions in a level's pool
     retire_after: int = 3  # consecutive successes that retire a question
-    level_rounds: int = 6  # rounds a level may take (its budget)
+    level_rounds: int = 12  # rounds a level may take (its budget)
     max_levels: int = 2  # levels trained per family, from the one above its baseline
     eval_every: int = 3  # rounds between held-out checks of the current level
     heldout_examples: int = 12  # held-out questions per check
-    steps_per_round: int = 4  # optimizer steps per round
+    steps_per_round: int = 32  # optimizer steps per round
+    rationale: str = "answer"  # what a verified attempt trains: answer (its final answer) or worked (whole line)
     batch_size: int = 16  # task rows per step
-    lr: float = 1e-3  # learning rate (MuGrokfast preset 5)
+    lr: float = 2e-3  # learning rate (MuGrokfast preset 5 says 1e-3; 2e-3 measured better at tiny)
     grokfast_lambda: float = 0.0  # MuGrokfast's Grokfast gain (preset 5 says 2.0; Phase 4 measured 0 best in QAT)
     side_share: float = 0.25  # next- or previous-level questions per pool question when outside the band
     replay_share: float = 0.25  # replayed examples (earlier levels, dreams) per example of the round
@@ -278,6 +279,7 @@ class CurriculumPhaseConfig(PhaseConfig):
     self_model_weight: float = 0.0  # weight of the self-modelling loss in the curriculum (arXiv 2407.10188; 0: off)
     self_model_layer: int = -1  # hidden state the self-model head regresses (0: embeddings, -1: last layer's output)
     self_model_ablation: float = 1.0  # self-model weight of the ablation's short runs, with vs without (0: none)
+    self_model_rounds: int = 6  # rounds of each short self-modelling run (its first level only)
     checkpoint_every: int = 1  # rounds between the curriculum's resumable checkpoints in the run folder
 
     def validate(self):
@@ -286,7 +288,7 @@ class CurriculumPhaseConfig(PhaseConfig):
         self._positive("assess_levels", "assess_examples", "pool_size", "retire_after", "level_rounds", "max_levels")
         self._positive("eval_every", "heldout_examples", "steps_per_round", "batch_size", "lr", "dream_temperature")
         self._positive("bake_inputs", "bake_heldout", "bake_shots", "seq_len", "text_batch", "text_loss_weight")
-        self._positive("train_tokens_per_domain", "eval_windows", "checkpoint_every")
+        self._positive("train_tokens_per_domain", "eval_windows", "checkpoint_every", "self_model_rounds")
         self._fraction("target", "band", "hard_wall", "side_share")
         self._require(self.assess_levels <= 10, f"assess_levels must be <= 10, got {self.assess_levels}")
         self._require(0 < self.target and self.hard_wall <= self.target, "need 0 < hard_wall <= target")
@@ -294,6 +296,9 @@ class CurriculumPhaseConfig(PhaseConfig):
         self._require(self.replay_share >= 0 and self.grokfast_lambda >= 0, "replay_share, grokfast_lambda >= 0")
         self._require(self.self_model_weight >= 0 and self.self_model_ablation >= 0, "self-model weights must be >= 0")
         self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+        from agent_forge.curriculum.loop import RATIONALES  # lazily: that module imports this one
+
+        self._require(self.rationale in RATIONALES, f"rationale must be one of {RATIONALES}, got {self.rationale!r}")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #b6a7c0f1
 @dataclass
@@ -346,39 +351,6 @@ class BakingPhaseConfig(PhaseConfig):
         self._require(self.train_calls in ("all", "kept"), f"train_calls must be all or kept, got {self.train_calls!r}")
         self._require(math.isfinite(self.tau), f"tau must be finite, got {self.tau}")
         self._fraction("min_tool_accuracy")
-
-# %% ../../nbs/00_foundation/02_config.ipynb #1d078f62
-@dataclass
-class CompressPhaseConfig(PhaseConfig):
-    "Phase 8 (final compression): lossless ternary packing and a codec per float tensor kind by rate-distortion."
-
-    seq_len: int = 128  # tokens per held-out, selection and calibration window
-    eval_windows: int = 16  # held-out windows per domain in the figures of every stage
-    task_eval_examples: int = 24  # held-out problems per task suite in the figures of every stage
-    select_windows: int = 4  # training-split windows per domain scoring the rate-distortion candidates
-    calib_windows: int = 4  # training-split windows per domain for the VPTQ Hessians
-    seedlm_seeds: int = 4096  # SeedLM seeds searched per block (65535: the exhaustive search of the paper)
-    vptq_iters: int = 10  # k-means iterations of each VPTQ codebook
-    rd_budget: float = 0.5  # share of the log perplexity limit the search may spend (summed selection-loss rise)
-    rd_retries: int = 3  # halvings of that budget when the combined choice overshoots it
-    verify_methods: bool = True  # compare every method with round-to-nearest on the Phase 1 float model
-    verify_bits: str = "4,3,2"  # bits per weight of that comparison
-    decode_repeats: int = 5  # timed decodes of the final artifact (the fastest is reported)
-    kernel: str = "packed"  # ternary kernel of the evaluated models on CPU
-    min_ratio: float = 20.0  # gate: fp32 Phase 1 weight bytes over final weight bytes must reach this
-    min_accuracy_retention: float = 0.95  # gate: pooled exact match of the final model over the input model
-    max_ppl_increase: float = 0.10  # gate: largest held-out perplexity increase over the input model
-
-    def validate(self):
-        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
-        self._positive("seq_len", "eval_windows", "task_eval_examples", "select_windows", "calib_windows")
-        self._positive("vptq_iters", "decode_repeats", "min_ratio", "rd_budget")
-        self._require(1 <= self.seedlm_seeds <= 65535, f"seedlm_seeds must be in 1..65535, got {self.seedlm_seeds}")
-        self._require(self.rd_retries >= 0, f"rd_retries must be >= 0, got {self.rd_retries}")
-        bits = self.verify_bits.split(",")
-        self._require(set(bits) <= {"4", "3", "2"}, f"verify_bits must be among 4,3,2, got {self.verify_bits!r}")
-        self._fraction("min_accuracy_retention", "rd_budget")
-        self._require(self.max_ppl_increase > 0, f"max_ppl_increase must be > 0, got {self.max_ppl_increase}")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #9035114f
 @dataclass
@@ -434,6 +406,39 @@ class ExpertsPhaseConfig(PhaseConfig):
         self._require(0 < self.cem_elite < 1, f"cem_elite must be in (0, 1), got {self.cem_elite}")
         self._require(self.search_pop >= 2, f"search_pop must be >= 2, got {self.search_pop}")
         self._require(0 < self.max_param_change < 1, f"max_param_change must be in (0, 1), got {self.max_param_change}")
+
+# %% ../../nbs/00_foundation/02_config.ipynb #1d078f62
+@dataclass
+class CompressPhaseConfig(PhaseConfig):
+    "Phase 8 (final compression): lossless ternary packing and a codec per float tensor kind by rate-distortion."
+
+    seq_len: int = 128  # tokens per held-out, selection and calibration window
+    eval_windows: int = 16  # held-out windows per domain in the figures of every stage
+    task_eval_examples: int = 24  # held-out problems per task suite in the figures of every stage
+    select_windows: int = 4  # training-split windows per domain scoring the rate-distortion candidates
+    calib_windows: int = 4  # training-split windows per domain for the VPTQ Hessians
+    seedlm_seeds: int = 4096  # SeedLM seeds searched per block (65535: the exhaustive search of the paper)
+    vptq_iters: int = 10  # k-means iterations of each VPTQ codebook
+    rd_budget: float = 0.5  # share of the log perplexity limit the search may spend (summed selection-loss rise)
+    rd_retries: int = 3  # halvings of that budget when the combined choice overshoots it
+    verify_methods: bool = True  # compare every method with round-to-nearest on the Phase 1 float model
+    verify_bits: str = "4,3,2"  # bits per weight of that comparison
+    decode_repeats: int = 5  # timed decodes of the final artifact (the fastest is reported)
+    kernel: str = "packed"  # ternary kernel of the evaluated models on CPU
+    min_ratio: float = 20.0  # gate: fp32 Phase 1 weight bytes over final weight bytes must reach this
+    min_accuracy_retention: float = 0.95  # gate: pooled exact match of the final model over the input model
+    max_ppl_increase: float = 0.10  # gate: largest held-out perplexity increase over the input model
+
+    def validate(self):
+        self._choice("kernel", "agent_forge.compress.kernels", "KERNELS")
+        self._positive("seq_len", "eval_windows", "task_eval_examples", "select_windows", "calib_windows")
+        self._positive("vptq_iters", "decode_repeats", "min_ratio", "rd_budget")
+        self._require(1 <= self.seedlm_seeds <= 65535, f"seedlm_seeds must be in 1..65535, got {self.seedlm_seeds}")
+        self._require(self.rd_retries >= 0, f"rd_retries must be >= 0, got {self.rd_retries}")
+        bits = self.verify_bits.split(",")
+        self._require(set(bits) <= {"4", "3", "2"}, f"verify_bits must be among 4,3,2, got {self.verify_bits!r}")
+        self._fraction("min_accuracy_retention", "rd_budget")
+        self._require(self.max_ppl_increase > 0, f"max_ppl_increase must be > 0, got {self.max_ppl_increase}")
 
 # %% ../../nbs/00_foundation/02_config.ipynb #c9e6308c
 MUGROKFAST_PRESETS = {
@@ -643,11 +648,12 @@ PRESETS = {
         5: dict(
             assess_levels=10,
             assess_examples=100,
-            pool_size=64,
+            pool_size=256,
             level_rounds=40,
+            self_model_rounds=20,
             max_levels=10,
             heldout_examples=64,
-            steps_per_round=8,
+            steps_per_round=32,
             batch_size=32,
             dream_samples=256,
             bake_steps=100,
