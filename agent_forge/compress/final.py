@@ -63,7 +63,7 @@ def ternary_entropy(t: torch.Tensor) -> float:  # ternary values, any shape
 # %% ../../nbs/70_compress/05_final.ipynb #b2cc5ed0
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]  # raw LZMA2 stream, no container
 
-
+# %% ../../nbs/70_compress/05_final.ipynb #871f2c2d
 @CODECS.register("base3", paper="")
 class Base3:
     "Lossless ternary codec: five trits per byte."
@@ -78,7 +78,7 @@ class Base3:
         "Float32 trits of the original shape."
         return unpack_base3(enc.tensors["trits"], math.prod(enc.shape)).float().reshape(enc.shape)
 
-
+# %% ../../nbs/70_compress/05_final.ipynb #2b94b350
 @CODECS.register("base3_lzma", paper="")
 class Base3LZMA:
     "Lossless ternary codec: the base-3 bytes entropy coded by LZMA2."
@@ -103,7 +103,7 @@ class Base3LZMA:
         packed = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         return unpack_base3(packed, math.prod(enc.shape)).float().reshape(enc.shape)
 
-# %% ../../nbs/70_compress/05_final.ipynb #b93ac013
+# %% ../../nbs/70_compress/05_final.ipynb #4d506400
 def _raw_codec(name, dtype):
     "A codec storing the tensor as `dtype`."
 
@@ -123,7 +123,7 @@ def _raw_codec(name, dtype):
 for _name, _dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
     CODECS.add(_name, _raw_codec(_name, _dtype), paper="", replace=True)
 
-# %% ../../nbs/70_compress/05_final.ipynb #fe9e9d27
+# %% ../../nbs/70_compress/05_final.ipynb #df7f5d31
 def tensor_kind(name: str) -> str:  # a tensor name of the packed layout
     "The kind of a packed artifact's tensor: ternary, ternary scale, embedding, norm, bias, conv, ..."
     leaf = name.rsplit(".", 1)[-1]
@@ -142,10 +142,10 @@ def tensor_kind(name: str) -> str:  # a tensor name of the packed layout
         return "initial states"
     return "float linear" if leaf == "weight" else "other"
 
-# %% ../../nbs/70_compress/05_final.ipynb #49b22cf5
+# %% ../../nbs/70_compress/05_final.ipynb #d329dad5
 TERNARY_CODECS = ("base3", "base3_lzma")  # lossless ternary codecs tried per layer
 
-
+# %% ../../nbs/70_compress/05_final.ipynb #126a4a2f
 def encode_model(
     model: nn.Module,  # a model with BitLinear / TernaryLinear layers
     choices: dict | None = None,  # tensor name -> (codec, options) or an `Encoded`
@@ -172,7 +172,7 @@ def encode_model(
         out[name] = encode(t, method, **opts)
     return out, layers
 
-# %% ../../nbs/70_compress/05_final.ipynb #fea9d384
+# %% ../../nbs/70_compress/05_final.ipynb #bdc6d73e
 def apply_encoded(
     model: nn.Module,  # a loaded packed model (TernaryLinear layers), changed in place
     encoded: dict,  # tensor name -> `Encoded`, float tensors of the packed layout
@@ -188,7 +188,7 @@ def apply_encoded(
             params[name].copy_(decode(enc).to(params[name].dtype).reshape(params[name].shape))
     return model
 
-# %% ../../nbs/70_compress/05_final.ipynb #c5072771
+# %% ../../nbs/70_compress/05_final.ipynb #1d7e0c5c
 COMPRESSED_FILE = "compressed.safetensors"  # the weights file of a Phase 8 artifact
 COMPRESSED_FORMAT = "agent-forge-compressed"  # its `format` metadata
 COMPRESSED_VERSION = "2"  # its `version` metadata: blob + compressed index
@@ -198,12 +198,12 @@ _DTYPES = {
     + (torch.float16, torch.bfloat16, torch.float32)
 }
 
-
+# %% ../../nbs/70_compress/05_final.ipynb #5f37e611
 def data_bytes(enc: Encoded) -> int:  # an encoded tensor
     "Bytes of the encoded parts alone (what the tensor adds to the blob)."
     return sum(v.numel() * v.element_size() for v in enc.tensors.values())
 
-
+# %% ../../nbs/70_compress/05_final.ipynb #3d972205
 def _blob_sha(blob, index):
     import hashlib
 
@@ -246,7 +246,7 @@ def save_compressed(
         tokenizer.save_pretrained(out)
     return out
 
-# %% ../../nbs/70_compress/05_final.ipynb #64199cec
+# %% ../../nbs/70_compress/05_final.ipynb #ccc9fd62
 def read_compressed(f: Path) -> tuple[torch.Tensor, dict]:  # a `compressed.safetensors`
     "(blob, index): the verified blob and the decompressed index of a compressed weights file."
     f = Path(f)
@@ -267,7 +267,7 @@ def read_compressed(f: Path) -> tuple[torch.Tensor, dict]:  # a `compressed.safe
     text = lzma.decompress(idx.numpy().tobytes(), format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
     return blob, json.loads(text)
 
-# %% ../../nbs/70_compress/05_final.ipynb #b49d19d8
+# %% ../../nbs/70_compress/05_final.ipynb #8525cf16
 def decode_compressed(f: Path) -> tuple[dict, dict, dict]:  # a `compressed.safetensors`
     "(tensors, layers, index): verify the file, decode every tensor into the packed layout of `compress.bitnet`."
     blob, doc = read_compressed(f)
@@ -282,7 +282,7 @@ def decode_compressed(f: Path) -> tuple[dict, dict, dict]:  # a `compressed.safe
         out[name] = pack_ternary(x.to(torch.int8)) if name.endswith(".weight_packed") else x.float()
     return out, doc["layers"], doc["tensors"]
 
-# %% ../../nbs/70_compress/05_final.ipynb #fc45fbac
+# %% ../../nbs/70_compress/05_final.ipynb #177d2a03
 def load_compressed(
     path: Path,  # artifact directory written by `save_compressed`
     kernel: str = "int_mm",  # integer kernel for the ternary layers
@@ -301,7 +301,7 @@ def load_compressed(
     tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
     return model, tok
 
-# %% ../../nbs/70_compress/05_final.ipynb #0b88a126
+# %% ../../nbs/70_compress/05_final.ipynb #cf8908ca
 def tensor_bits(f: Path) -> dict:  # a `compressed.safetensors`
     "Per tensor: codec, kind, weights, data bytes (all its parts) and bits per weight, from the file's index."
     _, doc = read_compressed(f)
@@ -312,7 +312,7 @@ def tensor_bits(f: Path) -> dict:  # a `compressed.safetensors`
         out[name] = dict(method=spec["method"], kind=tensor_kind(name), numel=numel, bytes=b, bpw=8 * b / numel)
     return out
 
-# %% ../../nbs/70_compress/05_final.ipynb #03fe8f6b
+# %% ../../nbs/70_compress/05_final.ipynb #2f5a2ccc
 def kind_bits(bits: dict) -> dict:  # from `tensor_bits`
     "Per tensor kind: tensors, weights, data bytes, bits per weight and the codecs used."
     out = {}
@@ -322,7 +322,7 @@ def kind_bits(bits: dict) -> dict:  # from `tensor_bits`
         k["methods"].add(r["method"])
     return {k: dict(v, bpw=8 * v["bytes"] / v["numel"], methods=",".join(sorted(v["methods"]))) for k, v in out.items()}
 
-# %% ../../nbs/70_compress/05_final.ipynb #111aa140
+# %% ../../nbs/70_compress/05_final.ipynb #a2fe79d7
 def rd_select(
     points: dict,  # kind -> {label: (bytes, loss increase)}
     budget: float,  # the summed loss increase allowed (nats)
@@ -347,7 +347,7 @@ def rd_select(
         raise ConfigError("no choice fits the budget: every kind needs a point with no loss increase")
     return best[1]
 
-# %% ../../nbs/70_compress/05_final.ipynb #3575ac3b
+# %% ../../nbs/70_compress/05_final.ipynb #3d5774ae
 def rd_candidates(
     seedlm_seeds: int = 65535,  # SeedLM seeds searched (65,535: exhaustive)
     vptq_iters: int = 20,  # k-means iterations of VPTQ

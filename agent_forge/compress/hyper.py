@@ -19,7 +19,7 @@ from .seedlm import CODECS, Encoded, pack_bits, unpack_bits
 # %% ../../nbs/70_compress/04_hyper.ipynb #7ff8721b
 INV_GOLDEN = (math.sqrt(5) - 1) / 2  # the irrational part of the winding slope
 
-
+# %% ../../nbs/70_compress/04_hyper.ipynb #b0c05030
 def trajectory(
     U: int,  # steps on the trajectory
     l: float,  # side of the box
@@ -37,7 +37,7 @@ def trajectory(
     pts = torch.arange(U, dtype=torch.float64)[:, None] * d[None] % l + (c - l / 2)
     return torch.cat([c[None], pts])
 
-# %% ../../nbs/70_compress/04_hyper.ipynb #87147fa7
+# %% ../../nbs/70_compress/04_hyper.ipynb #209d70e6
 def _hyper_code(x, U, K, l, center, far):
     "Codes (n,) and reconstruction (n, 2) of pairs x (n, 2) float64 for one (U, K, l)."
     T = trajectory(U, l, center)

@@ -95,7 +95,7 @@ def unpack_bits(
 # %% ../../nbs/70_compress/02_seedlm.ipynb #65a43c8a
 RTN_CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # clipping ratios tried per group
 
-
+# %% ../../nbs/70_compress/02_seedlm.ipynb #0eb78148
 def _rtn_levels(bits):
     return 2 ** (bits - 1) - 0.5  # largest level in units of the scale: levels are (q + 0.5) * scale
 
@@ -139,17 +139,17 @@ class RTN:
         q = unpack_bits(enc.tensors["q"], bits, s.numel() * group).reshape(-1, group) - 2 ** (bits - 1)
         return ((q + 0.5) * s[:, None]).reshape(-1)[:n].reshape(enc.shape)
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #f48b8571
+# %% ../../nbs/70_compress/02_seedlm.ipynb #dbd58e0d
 LFSR_BITS = 16  # K: register width
 LFSR_MASK = 0xB400  # taps of x^16 + x^14 + x^13 + x^11 + 1, a primitive polynomial
 LFSR_PERIOD = 2**LFSR_BITS - 1  # 65,535 non-zero states
 
-
+# %% ../../nbs/70_compress/02_seedlm.ipynb #f27a3b1c
 def lfsr_step(s: int) -> int:  # a state in 1..65535
     "The next state of the 16-bit Galois LFSR."
     return (s >> 1) ^ (LFSR_MASK if s & 1 else 0)
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #0f9d8bec
+# %% ../../nbs/70_compress/02_seedlm.ipynb #bf9e8dd4
 @functools.lru_cache(maxsize=1)
 def lfsr_cycle() -> np.ndarray:
     "(states, position): the 65,535 states in order from state 1, and each state's index in that cycle."
@@ -164,7 +164,7 @@ def lfsr_cycle() -> np.ndarray:
     pos[states] = np.arange(LFSR_PERIOD)
     return states, pos
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #2d4e5547
+# %% ../../nbs/70_compress/02_seedlm.ipynb #e1c3665f
 def lfsr_matrix(
     seed: int,  # a state in 1..65535
     C: int,  # block length (rows)
@@ -179,7 +179,7 @@ def lfsr_matrix(
         out.append(s)
     return (torch.tensor(out, dtype=torch.float64).reshape(C, P) - 2**15) / 2**15
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #c7b5112e
+# %% ../../nbs/70_compress/02_seedlm.ipynb #a023d108
 @functools.lru_cache(maxsize=8)
 def seed_matrices(
     C: int,  # block length
@@ -192,10 +192,10 @@ def seed_matrices(
     pinv = torch.linalg.pinv(U)
     return U.float(), pinv.float()
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #667252dd
+# %% ../../nbs/70_compress/02_seedlm.ipynb #152d9677
 SEEDLM_EXP_MIN = -12  # the shared exponent e is stored as e - SEEDLM_EXP_MIN in 4 bits: e in [-12, 3]
 
-
+# %% ../../nbs/70_compress/02_seedlm.ipynb #16556a71
 def _quantise_t(t):
     "4-bit two's-complement coefficients and their shared exponent code for least-squares t (..., P)."
     m = t.abs().amax(-1).clamp_min(1e-30)
@@ -237,7 +237,7 @@ def seedlm_search(
             lst.append(v)
     return tuple(torch.cat(v) for v in out)
 
-# %% ../../nbs/70_compress/02_seedlm.ipynb #3b69b090
+# %% ../../nbs/70_compress/02_seedlm.ipynb #92d4b241
 @CODECS.register("seedlm", paper="https://arxiv.org/abs/2410.10714")
 class SeedLM:
     "SeedLM: blocks of C weights as U(seed) t, U from a 16-bit LFSR, t = P 4-bit values and a 4-bit exponent."
