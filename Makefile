@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-lib test-py docs bench reliability
+.PHONY: install run test test-lib test-py docs bench reliability lab dashboard
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,3 +50,12 @@ bench: install
 ## (tests/reliability/kill_resume.py; several minutes on a 2-core CPU).
 reliability: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tests/reliability/kill_resume.py --kills 20 --seed 12 $(ARGS)
+
+## JupyterLab on the checkout with the `agent-forge` kernel (works as root); LAB_ARGS adds options, e.g. --port=8889
+lab: install
+	$(BIN)/jupyter lab --allow-root --no-browser --ServerApp.root_dir=$(CURDIR) \
+		--MultiKernelManager.default_kernel_name=agent-forge $(LAB_ARGS)
+
+## The Streamlit dashboard over runs/ (read-only toward the registries); ARGS adds options, e.g. --port 8502
+dashboard: install
+	$(BIN)/agent-forge dashboard $(ARGS)
