@@ -322,7 +322,10 @@ def decode(
             last = torch.tensor([len(seqs[i]) - 1 for i in a], device=dev)
             logits = model(input_ids=x.to(dev)).logits[torch.arange(len(a), device=dev), last].float()  # (A, V)
             lp = torch.log_softmax(logits.masked_fill(banned[a], float("-inf")) / temperature, -1)
-            nxt = (lp.argmax(-1) if greedy else torch.multinomial(lp.exp(), 1, generator=generator)[:, 0]).tolist()
+            # sampled on the CPU, where the seeded generator lives, whatever the model's device
+            nxt = (
+                lp.argmax(-1) if greedy else torch.multinomial(lp.exp().cpu(), 1, generator=generator)[:, 0]
+            ).tolist()
             for i, t in zip(a, nxt):
                 own[i] += 1
                 if own[i] >= max_new_tokens:
