@@ -184,3 +184,17 @@ def test_agent_round_trip(tmp_path):
     p2, d2, index = load_agent(plain, tmp_path / "agent")
     assert d2 == d and index["families"] == ["arithmetic", "sequence"]
     assert run_design(plain, tok, sums(), d2, p2)[0] == run_design(m, tok, sums(), d, parts)[0]
+
+
+def test_svf_on_a_tiny_llama():
+    "The same layers on a Hugging Face Llama: its MLP and attention matrices, base logits back at constant z."
+    from agent_forge.baking.prompt import tiny_llama
+
+    tok = char_tokenizer()
+    m = tiny_llama(len(tok)).eval()
+    ids = torch.tensor([tok("S: rev 3 1 2=", add_special_tokens=False)["input_ids"]])
+    base = m(input_ids=ids).logits
+    kinds = add_experts(m, MLP + ("self_attn.q_proj", "self_attn.v_proj"))
+    assert set(kinds.values()) == {"svf"} and len(kinds) == 2 * 5
+    set_expert(m, {n: torch.full_like(z, 3.0) for n, z in get_expert(m).items()})
+    assert (m(input_ids=ids).logits - base).abs().max().item() < 1e-5
