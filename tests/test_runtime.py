@@ -1,7 +1,7 @@
 """The agent runtime: cached decoding equals uncached decoding (float, packed BitNet, expert vectors), halting with the
 cache, and `agent-forge chat` on a real run (a tool call), an unknown run and a tampered artifact."""
 
-import importlib.util, json, shutil, subprocess, sys, tempfile
+import importlib.util, json, shutil, tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,6 @@ import torch
 from agent_forge.models.cognate import CognateCache, CognateConfig, CognateForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).parent / "agent-forge")
 FINAL = ROOT / "runs" / "final"  # the tiny run the lead keeps; tests copy it and never write into it
 
 
@@ -100,9 +99,13 @@ def test_halting_with_cache_stops_each_position_like_the_full_forward():
     assert 1 < passes.float().mean().item() < 2  # some positions halted after pass 1, some did not
 
 
-def chat(*args, timeout=120):
-    r = subprocess.run([CLI, "chat", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    return r.returncode, r.stdout, r.stderr
+def chat(capsys, *args):
+    "`agent-forge chat ARGS` in this process: (exit status, stdout, stderr)."
+    from agent_forge.runs.cli import main
+
+    rc = main(["chat", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +118,15 @@ def final_copy():
     shutil.rmtree(d.parent)
 
 
-def test_chat_one_shot_runs_a_tool_call_on_the_final_run(final_copy):
-    rc, out, err = chat("final", "--runs-dir", str(final_copy), "--prompt", "Q: 37+2=", "--json", "--show-thoughts")
+def test_chat_one_shot_runs_a_tool_call_on_the_final_run(final_copy, capsys):
+    args = ["final", "--runs-dir", str(final_copy), "--prompt", "Q: 37+2=", "--json", "--show-thoughts"]
+    rc, out, err = chat(capsys, *args)
     assert rc == 0, err
     r = json.loads(out)
     assert r["calls"] and r["calls"][0][0] == "calculator" and r["calls"][0][3] is True
     assert r["answer"] == r["calls"][0][2]  # the answer is the tool's result, read back
     assert "<tool>" in r["text"] and "<tool>" not in r["answer"]
-    rc, out, err = chat("final", "--runs-dir", str(final_copy), "--prompt", "Q: 37+2=")
+    rc, out, err = chat(capsys, "final", "--runs-dir", str(final_copy), "--prompt", "Q: 37+2=")
     assert (rc, out.strip()) == (0, "agent> " + r["answer"])  # calls hidden without --show-thoughts
     assert "phase 6" in err and "incremental (CognateCache)" in err
 
@@ -144,17 +148,36 @@ def test_cached_tool_loop_equals_phase6_loop(final_copy):
         assert got.fed_tokens == len(ag.lm.seen)  # every token ran through the model once
 
 
-def test_chat_unknown_run_and_tampered_artifact(final_copy, tmp_path):
-    rc, out, err = chat("nosuch", "--runs-dir", str(final_copy), "--prompt", "x")
+@pytest.fixture(scope="module")
+def demo_run():
+    "A run folder built in code: one phase-2 float model artifact with a trained-in-code tokenizer."
+    from agent_forge.data.tokenizer import train_tokenizer
+    from agent_forge.runs.registry import Registry, save_model_artifact
+
+    d = Path(tempfile.mkdtemp()) / "runs"
+    tok = train_tokenizer(["Q: 12+30=42\n", "hello world\n"] * 20, 300)
+    reg = Registry.open(d / "demo")
+    reg.ensure_run("demo", "tiny", 0)
+    reg.register_artifact("demo", 2, "merged", save_model_artifact(tiny(8, vocab_size=len(tok)), tok, d / "demo/p2"))
+    reg.close()
+    yield d
+    shutil.rmtree(d.parent)
+
+
+def test_chat_unknown_run_and_tampered_artifact(demo_run, tmp_path, capsys):
+    args = ["demo", "--runs-dir", str(demo_run), "--prompt", "Q: 1+1=", "--json", "--max-new-tokens", "4"]
+    rc, out, err = chat(capsys, *args)
+    assert rc == 0 and json.loads(out)["prompt"] == "Q: 1+1=" and err == ""  # --json: one JSON line, nothing else
+    rc, out, err = chat(capsys, "nosuch", "--runs-dir", str(demo_run), "--prompt", "x")
     assert rc == 2 and err.startswith("error: unknown run 'nosuch'") and err.count("\n") == 1
     bad = tmp_path / "runs"
-    shutil.copytree(final_copy / "final", bad / "final")
-    f = bad / "final" / "phase6" / "baked" / "bitnet.safetensors"
+    shutil.copytree(demo_run / "demo", bad / "demo")
+    f = bad / "demo" / "p2" / "model.safetensors"
     raw = bytearray(f.read_bytes())
     raw[-1] ^= 1
     f.write_bytes(bytes(raw))
-    rc, out, err = chat("final", "--runs-dir", str(bad), "--prompt", "Q: 1+1=")
-    assert rc == 2 and "bitnet.safetensors changed" in err and out == ""
+    rc, out, err = chat(capsys, "demo", "--runs-dir", str(bad), "--prompt", "Q: 1+1=")
+    assert rc == 2 and "model.safetensors changed" in err and out == ""
 
 
 def test_phase7_design_is_applied_to_each_reply(tmp_path):
