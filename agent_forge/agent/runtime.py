@@ -169,6 +169,8 @@ class Agent:
     @classmethod
     def load(cls, target, runs_dir=None, phase: int | None = None, device: str = "cpu") -> Agent:
         "Resolve `target`, verify the artifact's files (`IntegrityError` on any change) and load it."
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but no CUDA device is available")
         reg, rec = resolve_artifact(target, runs_dir, phase)
         loader = RUNTIME_LOADERS[rec["kind"]]
         try:
