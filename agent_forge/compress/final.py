@@ -351,6 +351,7 @@ def rd_select(
 def rd_candidates(
     seedlm_seeds: int = 65535,  # SeedLM seeds searched (65,535: exhaustive)
     vptq_iters: int = 20,  # k-means iterations of VPTQ
+    device: str | None = None,  # where the SeedLM seed search runs (None: on the CPU, where the tensors are)
 ) -> dict:
     "label -> (codec, options, smallest tensor it is tried on): the settings the search measures per float kind."
     return {
@@ -360,8 +361,8 @@ def rd_candidates(
         "rtn 4-bit g32": ("rtn", dict(bits=4, group=32), 256),
         "rtn 3-bit g16": ("rtn", dict(bits=3, group=16), 256),
         "rtn 2-bit g16": ("rtn", dict(bits=2, group=16), 256),
-        "seedlm C8 P3 (4 bpw)": ("seedlm", dict(C=8, P=3, n_seeds=seedlm_seeds), 4096),
-        "seedlm C12 P4 (3 bpw)": ("seedlm", dict(C=12, P=4, n_seeds=seedlm_seeds), 4096),
+        "seedlm C8 P3 (4 bpw)": ("seedlm", dict(C=8, P=3, n_seeds=seedlm_seeds, device=device), 4096),
+        "seedlm C12 P4 (3 bpw)": ("seedlm", dict(C=12, P=4, n_seeds=seedlm_seeds, device=device), 4096),
         "hyper 8 bits/pair (4 bpw)": ("hyper", dict(bits=8), 256),
         "hyper 6 bits/pair (3 bpw)": ("hyper", dict(bits=6), 256),
         "vptq v4 k256 (2 bpw)": ("vptq", dict(v=4, k=256, iters=vptq_iters), 16384),

@@ -215,7 +215,7 @@ def seedlm_search(
     if not 1 <= n_seeds <= LFSR_PERIOD:
         raise ConfigError(f"n_seeds must be in 1..{LFSR_PERIOD}, got {n_seeds}")
     U, pinv = seed_matrices(C, P)
-    U, pinv = U[:n_seeds], pinv[:n_seeds]
+    U, pinv = U[:n_seeds].to(w.device), pinv[:n_seeds].to(w.device)  # the search runs where the blocks are
     G = (U.transpose(1, 2) @ U).permute(1, 2, 0)  # (P, P, S): U^T U per seed
     Ut = U.permute(1, 2, 0).reshape(C, -1)  # (C, P * S): one matmul gives U(s)^T w for every seed
     Pt = pinv.permute(2, 1, 0).reshape(C, -1)  # (C, P * S): one matmul gives t = pinv(U(s)) w
@@ -235,7 +235,7 @@ def seedlm_search(
         r = torch.arange(len(x))
         for lst, v in zip(out, (best + 1, q[r, best], e[r, best], err[r, best].clamp_min(0))):
             lst.append(v)
-    return tuple(torch.cat(v) for v in out)
+    return tuple(torch.cat(v).cpu() for v in out)
 
 # %% ../../nbs/70_compress/02_seedlm.ipynb #92d4b241
 @CODECS.register("seedlm", paper="https://arxiv.org/abs/2410.10714")
@@ -248,13 +248,14 @@ class SeedLM:
         C: int = 8,  # block length
         P: int = 3,  # coefficients per block
         n_seeds: int = LFSR_PERIOD,  # seeds searched (65,535: exhaustive; fewer: a stated smaller search)
+        device: str | None = None,  # where the search runs (a GPU makes the exhaustive search fast); None: w's
     ) -> Encoded:
         "Encode `w`: per block a uint16 seed and 1 + P nibbles (exponent, coefficients)."
         if C < P or P < 1:
             raise ConfigError(f"SeedLM needs C >= P >= 1, got C={C}, P={P}")
         flat = w.detach().float().reshape(-1)
         blocks = torch.cat([flat, flat.new_zeros(-flat.numel() % C)]).reshape(-1, C)
-        seeds, q, e, _ = seedlm_search(blocks, C, P, n_seeds)
+        seeds, q, e, _ = seedlm_search(blocks.to(device or blocks.device), C, P, n_seeds)
         nib = torch.cat([(e - SEEDLM_EXP_MIN).long()[:, None], q.long() & 15], 1)
         tensors = dict(seed=seeds.to(torch.int32).to(torch.uint16), nibbles=pack_bits(nib, 4))
         return Encoded("seedlm", tuple(w.shape), tensors, dict(C=C, P=P, n_seeds=n_seeds))
