@@ -273,21 +273,19 @@ def test_dashboard_left_the_run_folder_alone(dashboard):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    "The docs site built by `agent-forge docs --static` with a demo run's reports, served over HTTP: its base URL."
+    "The docs site as `agent-forge docs --static` builds it, with a demo run's reports, served over HTTP."
     from agent_forge.runs.dashboard import build_demo_run
+    from agent_forge.runs.docs import build_docs
 
     base = tmp_path_factory.mktemp("docs")
     demo = build_demo_run(base / "runs", wandb_log=False)
     out = base / "site"
     # one library notebook keeps the test within its time (the site build is `make docs`); AGENT_FORGE_DOCS_GLOB=all
     # builds every notebook, and a glob such as '00_*.ipynb' the first of every folder
-    glob = os.environ.get("AGENT_FORGE_DOCS_GLOB", "00_core.ipynb").replace("all", "")
+    glob = os.environ.get("AGENT_FORGE_DOCS_GLOB", "00_core.ipynb")
+    glob = "" if glob == "all" else glob
     t0 = time.monotonic()
-    code = (f"from agent_forge.runs.docs import build_docs\nbuild_docs(out={str(out)!r}, use_quarto=False, "
-            f"file_glob={glob!r}, reports={str(demo['run_dir'])!r}, methods=True)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "AGENT_FORGE_HOME": str(ROOT)})
-    assert r.returncode == 0, r.stderr[-3000:]
+    build_docs(ROOT, out, use_quarto=False, file_glob=glob, reports=demo["run_dir"], methods=True, log=lambda *a: None)
     TIMINGS["docs_build_s"] = time.monotonic() - t0
     print(f"\ndocs site ({glob or 'every notebook'}, methods, demo reports) built in {TIMINGS['docs_build_s']:.1f} s")
     port = _free_port()
