@@ -50,6 +50,14 @@ def check_cache(model, prompt_len=5, new=35, batch=2):
 
 def test_cached_decoding_equals_uncached_float():
     check_cache(tiny())
+    m, ids = tiny(), torch.randint(2, 64, (1, 5), generator=torch.Generator().manual_seed(2))
+    for kw in (dict(num_beams=3), dict(do_sample=True, top_k=5)):  # beam search reorders the cache
+        with torch.no_grad():
+            torch.manual_seed(0)
+            a = m.generate(ids, max_new_tokens=15, min_new_tokens=15, use_cache=True, **kw)
+            torch.manual_seed(0)
+            b = m.generate(ids, max_new_tokens=15, min_new_tokens=15, use_cache=False, **kw)
+        assert a.tolist() == b.tolist(), kw
     check_cache(tiny(1, use_memory=False), batch=1)  # the attention-only ablation
     check_cache(tiny(2, sliding_window=1, num_persistent_tokens=0, memory_conv_kernel=1), batch=1)  # edge widths
 
