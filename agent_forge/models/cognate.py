@@ -357,10 +357,13 @@ class CognateLayerState:
     keys: torch.Tensor  # (B, H, L, D): the last L <= sliding_window - 1 tokens, rotated at their positions
     values: torch.Tensor  # (B, H, L, D)
     memory: MemoryState  # the Titans memory after those tokens
+    persistent: tuple | None = None  # (B, H, P, D) keys and values of the persistent tokens, made on first use
 
     def map(self, fn):
         "A new state with `fn` applied to every tensor along its batch axis."
-        return CognateLayerState(fn(self.keys), fn(self.values), self.memory.map(fn))
+        pers = None if self.persistent is None else tuple(fn(t) for t in self.persistent)
+        mem = None if self.memory is None else self.memory.map(fn)
+        return CognateLayerState(fn(self.keys), fn(self.values), mem, pers)
 
 # %% ../../nbs/20_models/01_cognate.ipynb #7488ec4c
 class CognateCache(Cache):
@@ -415,21 +418,21 @@ class CognateCache(Cache):
 def step(self: CognateAttention, x, state: CognateLayerState, offset: int):  # (B, t, C) tokens from `offset` on
     "Attention of new tokens over [persistent ; the cached window ; themselves]; the window in `state` moves on."
     B, t, C = x.shape
-    P, L = self.persistent_tokens.shape[0], state.keys.shape[2]
-    split = lambda h: h.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, *, D)
-    q = rotary(split(self.q_proj(x)), self.rope_theta, offset)
-    k = torch.cat([state.keys, rotary(split(self.k_proj(x)), self.rope_theta, offset)], dim=2)  # (B, H, L+t, D)
-    v = torch.cat([state.values, split(self.v_proj(x))], dim=2)
-    i = torch.arange(t, device=x.device)[:, None] + L  # each query's index among the L + t keys
+    P, L, H = self.persistent_tokens.shape[0], state.keys.shape[2], self.num_heads
+    split = lambda h: h.view(B, -1, H, self.head_dim).transpose(1, 2)  # (B, H, *, D)
+    if state.persistent is None:  # position-free: their keys and values are the same at every step
+        pers = self.persistent_tokens.unsqueeze(0).expand(B, -1, -1)
+        no_pers = (state.keys[:, :, :0], state.values[:, :, :0])  # view(B, -1, ...) fails on zero tokens
+        state.persistent = (split(self.k_proj(pers)), split(self.v_proj(pers))) if P else no_pers
+    qk = rotary(torch.cat([split(self.q_proj(x)), split(self.k_proj(x))], 1), self.rope_theta, offset)  # (B, 2H, t, D)
+    k = torch.cat([state.persistent[0], state.keys, qk[:, H:]], dim=2)  # (B, H, P+L+t, D)
+    v = torch.cat([state.persistent[1], state.values, split(self.v_proj(x))], dim=2)
+    i = torch.arange(t, device=x.device)[:, None] + L  # each query's index among the L + t window keys
     j = torch.arange(L + t, device=x.device)[None, :]
     mask = torch.cat([torch.ones(t, P, dtype=torch.bool, device=x.device), (j <= i) & (j > i - self.window)], 1)
     keep = min(self.window - 1, L + t)  # the next query reads the last window - 1 keys
-    state.keys, state.values = k[:, :, L + t - keep :], v[:, :, L + t - keep :]
-    if P:
-        pers = self.persistent_tokens.unsqueeze(0).expand(B, -1, -1)
-        k = torch.cat([split(self.k_proj(pers)), k], dim=2)
-        v = torch.cat([split(self.v_proj(pers)), v], dim=2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, t, D)
+    state.keys, state.values = k[:, :, P + L + t - keep :], v[:, :, P + L + t - keep :]
+    y = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=mask)  # (B, H, t, D)
     return self.o_proj(y.transpose(1, 2).reshape(B, t, C))
 
 # %% ../../nbs/20_models/01_cognate.ipynb #12fa7b70
