@@ -226,3 +226,15 @@ def test_phase7_design_is_applied_to_each_reply(tmp_path):
     assert seen and all(s == (1, True, 0.0) for s in seen)  # the design's recursions and halting, every step
     assert (ag.model.recursion.T, ag.model.config.halt_at_inference) == (2, False)  # restored after the reply
     assert r.calls == [] and "<tool>" not in r.text  # tools off: the call tokens are banned
+    # Phase 8 carries the vectors and design inside its compressed artifact (agent/): the runtime applies them there
+    from agent_forge.compress.final import encode_model, save_compressed
+
+    enc, layers = encode_model(m)
+    out = save_compressed(enc, layers, m, tok, run / "phase8/compressed")
+    shutil.copytree(run / "phase7/expert_vectors", out / "agent", ignore=shutil.ignore_patterns("manifest.json"))
+    reg = Registry.open(run)
+    reg.register_artifact("demo", 8, "compressed", out, parents=[mid], kind="compressed")
+    reg.close()
+    ag8 = Agent.load(run)
+    assert (ag8.record["phase"], ag8.design) == (8, design)
+    assert ag8.reply("Q: 12+30=", 4).calls == []

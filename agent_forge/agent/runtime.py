@@ -175,11 +175,14 @@ class Agent:
         loader = RUNTIME_LOADERS[rec["kind"]]
         try:
             model, tok, qs = load_model_artifact(reg, rec, device, loader=loader)
-            exp, design = find_design(reg, rec), None
-            if exp is not None:
+            exp, design, carried = find_design(reg, rec), None, Path(rec["abspath"]) / "agent"
+            folder = reg.verify_artifact(exp)["abspath"] if exp is not None else None
+            if folder is None and (carried / "design.json").is_file():
+                folder = carried  # Phase 8 carries Phase 7's vectors and design inside its (verified) artifact
+            if folder is not None:
                 from agent_forge.experts.search import load_agent
 
-                parts, d, _ = load_agent(model, reg.verify_artifact(exp)["abspath"])  # wraps the expert layers
+                parts, d, _ = load_agent(model, folder)  # wraps the expert layers
                 design = (d, parts)
         finally:
             reg.close()
