@@ -446,9 +446,13 @@ def strategy_prompt(
     level: int,  # the level
     shots: int = 2,  # worked examples
     seed: int = 0,  # question seed
+    rationale: str = "answer",  # 'answer': each shot ends in its bare answer; 'worked': in its worked solution
 ) -> str:
-    "The level's strategy prompt: `shots` training questions with their worked solutions, one per line."
-    return "".join(q.prompt + q.solution + "\n" for q in source.questions(level, shots, "train", seed + 7919))
+    "The level's strategy prompt: `shots` training questions with their answers (or worked solutions), one per line."
+    if rationale not in RATIONALES:
+        raise ConfigError(f"rationale must be one of {RATIONALES}, got {rationale!r}")
+    qs = source.questions(level, shots, "train", seed + 7919)
+    return "".join(q.prompt + (q.answer if rationale == "answer" else q.solution) + "\n" for q in qs)
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #010797d0
 def bake_level(
@@ -461,12 +465,13 @@ def bake_level(
     n_heldout: int = 8,  # held-out prompts for the KL
     steps: int = 20,  # LoRA steps
     seed: int = 0,  # seed
+    rationale: str = "answer",  # the format of the prompt's shots (see `strategy_prompt`)
     **kw,  # passed to `bake` (lr, rank, batch_size, ...)
 ):
     "Bake the level's strategy prompt into a copy of `model`; returns the `BakeResult` (merged model, KL before/after)."
     from agent_forge.baking.prompt import bake
 
-    prompt = strategy_prompt(source, level, shots, seed)
+    prompt = strategy_prompt(source, level, shots, seed, rationale)
     ins = [q.prompt for q in source.questions(level, n_inputs, "train", seed + 1)]
     held = [q.prompt for q in source.questions(level, n_heldout, "heldout", seed + 2)]
     mx = budget(tokenizer, source.questions(level, n_inputs, "train", seed + 1))
