@@ -2,7 +2,7 @@
 JSONL source, the baseline level, the dream filter, the self-model head, and a curriculum killed inside a level
 (SIGKILL in a subprocess) that resumes from its checkpoint to the result of an uninterrupted run."""
 
-import dataclasses, json, os, signal, subprocess, sys
+import copy, dataclasses, json, os, signal, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +241,37 @@ def test_stop_after_ends_at_that_round_and_a_rerun_continues_to_the_full_result(
     back = run_curriculum(lm3, TOK, srcs, start, cs, opt3, complete3, log=lambda m: None, checkpoint=tmp_path / "ck")
     assert back.resumed_at == 2 and content_hash(lm3.state_dict()) == content_hash(lm.state_dict())
     assert _timeless(back.curve) == _timeless(ref.curve)
+
+
+class _Frozen(torch.optim.SGD):
+    "An optimizer whose steps change nothing: the weights move only through the bake."
+
+    def step(self, closure=None):
+        return None
+
+
+def test_a_bake_that_costs_the_levels_accuracy_is_measured_and_dropped(monkeypatch):
+    import agent_forge.curriculum.levels as lv
+
+    lm = tiny_llama(len(TOK), hidden_size=16, layers=1)
+    bad, good = copy.deepcopy(lm), copy.deepcopy(lm)
+    with torch.no_grad():
+        for p, q in zip(bad.parameters(), good.parameters()):
+            p.add_(1.0)
+            q.add_(0.5)
+    right = lambda prompts, n: [solve_arithmetic(p.split("=")[0] + "=") for p in prompts]
+    monkeypatch.setattr(lv, "complete_fn", lambda m, tok, batch_size=32: (lambda p, n: right(p, n) if m is not bad
+                                                                         else ["x"] * len(p)))
+    cs = CurriculumSettings(pool_size=2, level_rounds=1, eval_every=1, heldout_examples=3, steps_per_round=1,
+                            batch_size=2, dreams=False, max_levels=1, hard_wall=0.0)
+    srcs, start = {"arithmetic": TaskSource("arithmetic")}, {"arithmetic": 1}
+    for merged, kept in ((bad, False), (good, True)):
+        m = copy.deepcopy(lm)
+        h0 = content_hash(m.state_dict())
+        res = run_curriculum(m, TOK, srcs, start, cs, _Frozen(m.parameters(), lr=1e-3), complete=right,
+                             bake=lambda model, f, level: (merged, {"kl_before": 1.0}), log=lambda s: None)
+        rec = res.levels[0]["bake"]
+        assert rec["kept"] is kept and rec["acc_before"]["mean"] == 1.0 and rec["kl_before"] == 1.0
+        assert rec["acc_after"]["mean"] == (1.0 if kept else 0.0) and rec["acc_after"]["n"] == 3
+        want = content_hash(good.state_dict()) if kept else h0  # no optimizer step: only a kept bake changes them
+        assert content_hash(m.state_dict()) == want

@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 # %% auto #0
-__all__ = ['RATIONALES', 'PoolItem', 'QuestionPool', 'Attempt', 'attempt', 'Targeting', 'encode_verified', 'train_examples',
-           'thaw_ternary', 'dream_filter', 'dream', 'SelfModelHead', 'self_model_head', 'weight_spread',
-           'strategy_prompt', 'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
+__all__ = ['RATIONALES', 'PoolItem', 'QuestionPool', 'Attempt', 'hint_for', 'attempt', 'Targeting', 'encode_verified',
+           'train_examples', 'thaw_ternary', 'dream_filter', 'dream', 'SelfModelHead', 'self_model_head',
+           'weight_spread', 'strategy_prompt', 'bake_level', 'CurriculumSettings', 'CurriculumResult', 'run_curriculum']
 
 # %% ../../nbs/55_curriculum/01_loop.ipynb #ceef08c6
 import torch
@@ -157,6 +157,21 @@ class Attempt:
 # %% ../../nbs/55_curriculum/01_loop.ipynb #5a1e7c3d
 RATIONALES = ("answer", "worked")  # what a verified attempt trains: its final answer, or its whole line
 
+# %% ../../nbs/55_curriculum/01_loop.ipynb #7c2d9e41
+def hint_for(
+    q: Question,  # the question
+    k: int,  # hints collected, 0..MAX_HINTS
+    rationale: str = "answer",  # the trained format: 'worked' shows worked steps, 'answer' the answer's start
+) -> str:
+    "The hint shown after the prompt: a prefix of the solution in the trained format, never all of the answer."
+    if rationale not in RATIONALES:
+        raise ConfigError(f"rationale must be one of {RATIONALES}, got {rationale!r}")
+    if rationale == "worked":
+        return q.hint(k)
+    if not 0 <= k <= MAX_HINTS:
+        raise ConfigError(f"hints must be in 0..{MAX_HINTS}, got {k}")
+    return q.answer[: min(-(-len(q.answer) * k // MAX_HINTS), len(q.answer) - 1)]
+
 # %% ../../nbs/55_curriculum/01_loop.ipynb #bd54fa8d
 def _training_example(q: Question, completion: str, correct: bool, rationale: str = "answer") -> Example:
     "The verified example of an attempt (`ConfigError` if the verifier refuses what would be trained on)."
@@ -179,12 +194,14 @@ def attempt(
     "Answer `items`, grade every answer, update the pool and return the attempts with their training examples."
     if not items:
         return []
-    shown = [it.shown for it in items]
-    gens = complete(shown, budget(tokenizer, [it.question for it in items]))
+    hints = [hint_for(it.question, it.hints, rationale) for it in items]
+    gens = complete(
+        [it.question.prompt + h for it, h in zip(items, hints)], budget(tokenizer, [it.question for it in items])
+    )
     out = []
-    for it, g in zip(items, gens):
+    for it, h, g in zip(items, hints, gens):
         q = it.question
-        full = q.hint(it.hints) + g
+        full = h + g
         ok = q.check(full)
         event = pool.record(pool.items.index(it), ok) if pool is not None else "side"
         out.append(Attempt(q, it.hints, full, ok, event, _training_example(q, full, ok, rationale)))
@@ -526,6 +543,22 @@ def _heldout_check(complete, tokenizer, source, level, n, seed):
     return level_scores(complete, tokenizer, source, (level,), n, seed)[level]
 
 
+def _bake_check(model, merged, tokenizer, source, level, n, seed) -> dict:
+    "Accuracy before and after a bake on `n` fresh training-split questions of the level; kept if it did not fall."
+    from agent_forge.curriculum.levels import complete_fn
+
+    qs = source.questions(level, n, "train", seed + 104729)  # not the held-out split: it decides nothing here
+
+    def score(m):
+        got = complete_fn(m, tokenizer)([q.prompt for q in qs], budget(tokenizer, qs))
+        return TaskScore.of([q.check(g) for q, g in zip(qs, got)])
+
+    was = model.training
+    before, after = score(model.eval()), score(merged.eval())
+    model.train(was)
+    return dict(acc_before=vars(before), acc_after=vars(after), kept=after.mean >= before.mean)
+
+
 def _source_key(src) -> str:
     "What identifies a source's questions: a task family's name, or the hash of a record source's questions."
     if not hasattr(src, "by_split"):
@@ -807,7 +840,11 @@ def run_curriculum(
             if learnt and bake is not None:
                 merged, brec = bake(model, f, x["level"])
                 if merged is not None:
-                    model.load_state_dict(merged.state_dict())
+                    brec.update(
+                        _bake_check(model, merged, tokenizer, sources[f], x["level"], s.heldout_examples, s.seed + rnd)
+                    )
+                    if brec["kept"]:  # a bake that costs the level's accuracy is measured, reported and dropped
+                        model.load_state_dict(merged.state_dict())
                 lv_rec["bake"] = brec
             res.levels.append(lv_rec)
             log(
