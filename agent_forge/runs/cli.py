@@ -1,4 +1,4 @@
-"""`agent-forge run | status | chat | bench | merge | docs | dashboard`: the console script.
+"""`agent-forge run | status | chat | bench | merge | docs | dashboard | serve`: the console script.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/cli.html.md"""
 
@@ -26,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent-forge", description="Agent Forge: run, inspect and bench the phase pipeline.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,chat,bench,merge,docs,dashboard}")
+    cmds = "{run,status,chat,bench,merge,docs,dashboard,serve}"
+    sub = p.add_subparsers(dest="command", required=True, metavar=cmds)
     r = sub.add_parser("run", help="execute phase notebooks with papermill into runs/<run-id>/")
     r.add_argument("--preset", help="tiny or full (a resumed run keeps its own)")
     r.add_argument("--phases", default=ALL_PHASES, help=f"N, N-M or a comma list (default {ALL_PHASES}, every phase)")
@@ -93,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8501, help="HTTP port (default 8501)")
     w.add_argument("--address", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     w.add_argument("--presets", type=Path, help="where the config editor saves presets (default <runs>/_presets)")
+    v = sub.add_parser("serve", help="the token-authenticated run service (HTTP API and /metrics)")
+    v.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8600, help="HTTP port (default 8600)")
+    v.add_argument("--runs-dir", type=Path, help="folder of run folders (default: <project>/runs)")
     return p
 
 # %% ../../nbs/80_runs/02_cli.ipynb #a490068c
@@ -175,7 +180,15 @@ def _dashboard(a):
     serve_dashboard(a.runs or project_root() / "runs", a.port, a.presets, a.address)
 
 
-_COMMANDS = dict(run=_run, status=_status, chat=_chat, bench=_bench, merge=_merge, docs=_docs, dashboard=_dashboard)
+def _serve(a):
+    from agent_forge.runs.service import serve
+
+    serve(a.host, a.port, a.runs_dir)
+
+
+_COMMANDS = dict(
+    run=_run, status=_status, chat=_chat, bench=_bench, merge=_merge, docs=_docs, dashboard=_dashboard, serve=_serve
+)
 
 # %% ../../nbs/80_runs/02_cli.ipynb #6dd458cd
 def main(argv: list | None = None) -> int:  # arguments (default: sys.argv[1:])

@@ -1,4 +1,4 @@
-"""A token-authenticated HTTP service that queues and runs phases through the runner, serves status, verified artifacts and Prometheus metrics.
+"""Token-authenticated HTTP service: queued runs through the runner, status, verified artifacts, Prometheus metrics.
 
 Docs: https://agent-forge.github.io/agent-forge/80_runs/service.html.md"""
 
