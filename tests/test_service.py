@@ -2,13 +2,12 @@
 through the API checked against the registry, the health probe over HTTP, and a bounded load test that prints figures.
 """
 
-import hashlib, json, os, socket, threading, time
+import hashlib, json, os, secrets, socket, subprocess, sys, threading, time
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from conftest import SMOKE
@@ -16,7 +15,7 @@ from agent_forge.runs.registry import Registry
 from agent_forge.runs.service import create_app, load_test, make_token
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = os.urandom(32)
+KEY = secrets.token_hex(32).encode()
 
 
 @pytest.fixture(scope="module")
@@ -267,22 +266,29 @@ def free_port():
 
 
 def test_probe_and_load_over_loopback(svc):
+    "`agent-forge serve` in its own process on 127.0.0.1: the probe endpoint, raw '..' paths, 1,000 status requests."
     c, runs, aid = svc
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(c.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
+    env = {**os.environ, "AGENT_FORGE_JWT_SECRET": KEY.decode(), "OMP_NUM_THREADS": "1"}
+    env.pop("AGENT_FORGE_JWT_SECRET_FILE", None)
+    cli = [str(Path(sys.executable).parent / "agent-forge"), "serve", "--port", str(port), "--runs-dir", str(runs)]
+    proc = subprocess.Popen(cli, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        t0 = time.time()
-        while not server.started and time.time() - t0 < 30:
-            time.sleep(0.05)
         base = f"http://127.0.0.1:{port}"
-        h = httpx.get(f"{base}/health")  # what the liveness and readiness probes ask
+        t0 = time.time()
+        while True:
+            try:
+                h = httpx.get(f"{base}/health")  # what the liveness and readiness probes ask
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.time() - t0 < 60, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.2)
+        print(f"\nserve answered /health {time.time() - t0:.1f} s after start")
         assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["worker"] is True
         assert httpx.get(f"{base}/runs/seeded").status_code == 401
+        tok = make_token(KEY, ("read",))
         for raw in ("/runs/..", "/runs/../seeded", "/runs/seeded/artifacts/1/files/../../registry.sqlite"):
             with socket.create_connection(("127.0.0.1", port)) as s:
-                tok = make_token(KEY, ("read",))
                 s.sendall(f"GET {raw} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n".encode())
                 got = b""
                 while chunk := s.recv(65536):
@@ -290,14 +296,14 @@ def test_probe_and_load_over_loopback(svc):
             assert got.split(b" ")[1] in (b"400", b"404"), (raw, got[:200])
             assert b"SQLite" not in got
         load = os.getloadavg()
-        res = load_test(f"{base}/runs/seeded", make_token(KEY, ("read",)), n=1000, concurrency=50)
+        res = load_test(f"{base}/runs/seeded", tok, n=1000, concurrency=50)
         print(
-            f"\nload test: {res['n']} GET /runs/seeded at {res['concurrency']} clients: p50 {res['p50_ms']:.1f} ms, "
+            f"load test: {res['n']} GET /runs/seeded at {res['concurrency']} clients: p50 {res['p50_ms']:.1f} ms, "
             f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms, {res['errors']} errors, {res['rps']:.0f} req/s, "
             f"{res['wall_s']:.1f} s; load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
             f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs"
         )
         assert res["errors"] == 0
     finally:
-        server.should_exit = True
-        th.join(10)
+        proc.terminate()
+        proc.wait(20)
