@@ -333,6 +333,11 @@ class BakingPhaseConfig(PhaseConfig):
     transcripts: int = 6  # decoded transcripts shown
     min_tool_accuracy: float = 0.0  # gate: pooled tool-using accuracy must exceed this (the full preset: 0.9)
     kernel: str = "packed"  # ternary kernel of the reloaded packed model on CPU
+    text_loss_weight: float = 0.3  # weight of the text windows trained beside the traces (0: none)
+    seq_len: int = 64  # tokens per text window, trained and held out
+    text_batch: int = 2  # text windows per step
+    train_tokens_per_domain: int = 20000  # text training tokens per domain
+    eval_windows: int = 8  # held-out text windows per domain (text loss before and after)
 
     def validate(self):
         self._choice("tool_families", "agent_forge.tools.traces", "TRACE_FAMILIES", self.tool_families.split(","))
@@ -345,6 +350,8 @@ class BakingPhaseConfig(PhaseConfig):
         self._positive("train_traces", "train_steps", "batch_size", "lr", "eval_examples", "persona_examples")
         self._positive("cycle_examples", "candidates", "shots", "max_cycles", "patience", "bake_steps")
         self._positive("bake_inputs", "bake_lr", "bake_batch", "max_new_tokens")
+        self._positive("seq_len", "text_batch", "train_tokens_per_domain", "eval_windows")
+        self._require(self.text_loss_weight >= 0, f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
         self._require(self.bake_heldout >= 1 and self.transcripts >= 0, "bake_heldout >= 1, transcripts >= 0")
         self._require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         self._require(self.plateau_threshold >= 0, f"plateau_threshold must be >= 0, got {self.plateau_threshold}")
