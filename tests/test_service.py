@@ -307,3 +307,27 @@ def test_probe_and_load_over_loopback(svc):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_deploy_files_probe_the_open_health_endpoint(svc):
+    "The manifest's probes ask /health on the served port, the key comes from the Secret, runs live on the claim."
+    import yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s.yaml").read_text())}
+    assert set(docs) >= {"Secret", "PersistentVolumeClaim", "Deployment"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    port = ctr["ports"][0]["containerPort"]
+    assert ctr["args"][ctr["args"].index("--port") + 1] == str(port)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert ctr[probe]["httpGet"]["path"] == "/health" and ctr[probe]["httpGet"]["port"] == "http"
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env["AGENT_FORGE_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == docs["Secret"]["metadata"]["name"]
+    runs_mount = next(m for m in ctr["volumeMounts"] if m["mountPath"] == ctr["args"][ctr["args"].index("--runs-dir") + 1])
+    vol = next(v for v in pod["volumes"] if v["name"] == runs_mount["name"])
+    assert vol["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    docker = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"EXPOSE {port}" in docker and "/health" in docker and "JWT_SECRET=" not in docker
+    # what the probes get: 200 without a token, while everything else needs one
+    c = svc[0]
+    assert c.get("/health").status_code == 200 and c.get("/runs").status_code == 401
