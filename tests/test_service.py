@@ -203,6 +203,8 @@ def test_smoke_run_through_the_api(svc):
     r2 = c.post("/runs", json=dict(phases="1", run_id="api-queued", params=params), headers=hdr("run"))
     assert r2.status_code == 202 and r2.json()["state"] == "queued"
     assert "agent_forge_queue_length 1.0" in c.get("/metrics", headers=hdr("read")).text
+    q = c.get("/runs/api-queued", headers=hdr("read"))
+    assert q.status_code == 200 and q.json()["state"] == "queued" and q.json()["phases"] == []
     assert c.post("/runs/api-queued/cancel", headers=hdr("run")).json()["state"] == "cancelled"
     assert c.post("/runs", json=dict(phases="1", run_id="api-smoke"), headers=hdr("run")).status_code == 409
     s = wait_state(c, "api-smoke", ("done", "failed", "gate_failed"), 600)
