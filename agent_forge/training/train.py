@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load as load_tensors, save_file
-from ..foundation.core import ConfigError, NotBuiltError, accepts_kwarg, seed_everything, sha256_file
+from ..foundation.core import ConfigError, accepts_kwarg, seed_everything, sha256_file
 from ..foundation.methods import MethodRegistry
 from ..data.tokenizer import random_windows
 
@@ -52,10 +52,7 @@ def _adamw(model, lr, weight_decay):
 )
 def _mugrokfast(model, lr, weight_decay):
     "MuGrokfast with the Phase 1 preset, at this lr and weight decay."
-    try:
-        from agent_forge.training.optim import MuGrokfast
-    except ImportError as e:
-        raise NotBuiltError("MuGrokfast is not built yet (agent_forge.training.optim)") from e
+    from agent_forge.training.optim import MuGrokfast
     return MuGrokfast.for_model(model, preset=1, lr=lr, weight_decay=weight_decay)
 
 # %% ../../nbs/30_training/01_train.ipynb #4281fc52
