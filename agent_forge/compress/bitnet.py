@@ -697,23 +697,27 @@ def _unpack_into(model: nn.Module, tensors: dict, layers: dict, f: Path, kernel:
     return model
 
 
+def _model_from(path, file, tensors, layers, kernel, device):
+    "Build the model of `path`'s config.json, unpack `tensors` (read from `file`) into it, load the tokenizer."
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import agent_forge  # registers Cognate with the Auto classes
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    _unpack_into(model, tensors, layers, file, kernel)
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
+    return model, tok
+
+
 def load_packed(
     path: Path,  # artifact directory written by `save_packed`
     kernel: str = "int_mm",  # integer kernel for the ternary layers
     device: str = "cpu",  # where the model goes
 ) -> tuple[nn.Module, object]:
     "Build the model of `config.json`, verify `bitnet.safetensors` and unpack it into `TernaryLinear`s: (model, tok)."
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    import agent_forge  # registers Cognate with the Auto classes
-
     path = Path(path)
     f = path / PACKED_FILE
-    tensors, layers = _read_packed(f)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    _unpack_into(model, tensors, layers, f, kernel)
-    model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
-    return model, tok
+    return _model_from(path, f, *_read_packed(f), kernel, device)
 
 # %% ../../nbs/70_compress/00_bitnet.ipynb #8d4130ba
 def save_packed_module(

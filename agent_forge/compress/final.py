@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from safetensors import safe_open
 from ..foundation.core import ConfigError, IntegrityError
-from .bitnet import _save_sorted, _unpack_into, pack_ternary, packed_tensors
+from .bitnet import _model_from, _save_sorted, pack_ternary, packed_tensors
 from .bitnet import unpack_ternary
 from .seedlm import CODECS, Encoded, decode, encode, nbytes
 import agent_forge.compress.vptq  # registers the VPTQ codec
@@ -289,17 +289,10 @@ def load_compressed(
     device: str = "cpu",  # where the model goes
 ) -> tuple[nn.Module, object]:
     "Build the model of `config.json`, decode and verify `compressed.safetensors` into it: (model, tokenizer)."
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    import agent_forge  # registers Cognate with the Auto classes
-
     path = Path(path)
     f = path / COMPRESSED_FILE
     tensors, layers, _ = decode_compressed(f)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    _unpack_into(model, tensors, layers, f, kernel)
-    model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
-    return model, tok
+    return _model_from(path, f, tensors, layers, kernel, device)
 
 # %% ../../nbs/70_compress/05_final.ipynb #cf8908ca
 def tensor_bits(f: Path) -> dict:  # a `compressed.safetensors`
